@@ -1,0 +1,178 @@
+//! Roles, callers and secrets. Every secret (API tokens, enrollment tokens,
+//! agent credentials) is random, carries a recognisable prefix so secret
+//! scanners can spot a leak, and is stored only as a SHA-256 hash (they are
+//! high-entropy, so a slow hash buys nothing). User passwords use argon2id.
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// SPEC section 10; each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Responder,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Responder, Role::Operator, Role::Admin];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Responder => "responder",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn allows(&self, needed: Role) -> bool {
+        *self >= needed
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "viewer" => Ok(Role::Viewer),
+            "responder" => Ok(Role::Responder),
+            "operator" => Ok(Role::Operator),
+            "admin" => Ok(Role::Admin),
+            _ => Err(format!(
+                "unknown role {s:?} (viewer, responder, operator or admin)"
+            )),
+        }
+    }
+}
+
+/// Who is calling an admin route; recorded in every audit entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub role: Role,
+    pub source: String,
+    pub user_agent: String,
+}
+
+impl Actor {
+    /// The collector itself (init, internal housekeeping).
+    pub fn system(name: &str) -> Self {
+        Actor {
+            name: name.into(),
+            role: Role::Admin,
+            source: "local".into(),
+            user_agent: "opsplane-collector".into(),
+        }
+    }
+}
+
+/// Kinds of secret, each with its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    ApiToken,
+    EnrollToken,
+    AgentCredential,
+    Session,
+}
+
+impl SecretKind {
+    pub fn prefix(&self) -> &'static str {
+        match self {
+            SecretKind::ApiToken => "opsp_",
+            SecretKind::EnrollToken => "opse_",
+            SecretKind::AgentCredential => "opsa_",
+            SecretKind::Session => "opss_",
+        }
+    }
+}
+
+/// A new secret: `(id, full secret)`. The id (first 8 characters after the
+/// prefix) is safe to show and log; the secret is shown once.
+pub fn new_secret(kind: SecretKind) -> (String, String) {
+    let mut bytes = [0u8; 24];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let body = hex::encode(bytes);
+    let id = body[..8].to_string();
+    (id, format!("{}{}", kind.prefix(), body))
+}
+
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.trim().as_bytes()))
+}
+
+/// A random password of 20 characters for `init` and `users add`.
+pub fn new_password() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut rng = rand::thread_rng();
+    (0..20)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
+}
+
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| format!("cannot hash password: {e}"))
+}
+
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(hash)
+        .map(|h| {
+            argon2::Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// Parses `"24h"`-style expiry into milliseconds from now.
+pub fn expiry_ms(expires: Option<&str>) -> Result<Option<i64>, String> {
+    match expires {
+        None => Ok(None),
+        Some(s) if s == "never" => Ok(None),
+        Some(s) => {
+            let d = common::config::parse_duration(s)?;
+            Ok(Some(common::time::now_ms() + d.as_millis() as i64))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Admin.allows(Role::Operator));
+        assert!(Role::Responder.allows(Role::Viewer));
+        assert!(!Role::Viewer.allows(Role::Responder));
+        assert!(!Role::Operator.allows(Role::Admin));
+    }
+
+    #[test]
+    fn secrets_have_prefix_and_hash_stably() {
+        let (id, s) = new_secret(SecretKind::ApiToken);
+        assert!(s.starts_with("opsp_"));
+        assert_eq!(&s[5..13], id);
+        assert_eq!(hash_secret(&s), hash_secret(&format!("{s}\n")));
+        assert_ne!(new_secret(SecretKind::ApiToken).1, s);
+    }
+
+    #[test]
+    fn passwords_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+}

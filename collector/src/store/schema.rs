@@ -1,0 +1,149 @@
+//! Schema and migrations, applied in order at open; `meta.schema_version`
+//! records how far a database got.
+
+use super::Result;
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the foundation
+    r#"
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    disabled_ms INTEGER
+);
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER,
+    last_used_ms INTEGER
+);
+CREATE TABLE enroll_tokens (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    environment TEXT NOT NULL,
+    service TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER,
+    uses INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE agents (
+    id TEXT PRIMARY KEY,
+    credential_hash TEXT NOT NULL UNIQUE,
+    service TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    host TEXT NOT NULL,
+    version TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '{}',
+    enrolled_ms INTEGER NOT NULL,
+    enroll_token_id TEXT,
+    last_seen_ms INTEGER NOT NULL,
+    applied_revision INTEGER,
+    applied_ms INTEGER,
+    killswitches TEXT NOT NULL DEFAULT '[]',
+    revoked_ms INTEGER
+);
+CREATE INDEX agents_env ON agents(environment, service);
+CREATE TABLE revisions (
+    revision INTEGER PRIMARY KEY,
+    environment TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    killswitches TEXT NOT NULL
+);
+CREATE INDEX revisions_env ON revisions(environment, revision);
+CREATE TABLE killswitch_state (
+    environment TEXT NOT NULL,
+    service TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL,
+    killed INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (environment, service, name)
+);
+CREATE TABLE killswitch_decl (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    source TEXT NOT NULL,
+    user_agent TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    diff TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX audit_ts ON audit(ts_ms);
+CREATE INDEX audit_actor ON audit(actor, ts_ms);
+"#,
+];
+
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);")?;
+    let current: usize = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        // the first migration creates meta itself
+        let sql = if i == 0 {
+            sql.replacen("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);", "", 1)
+        } else {
+            sql.to_string()
+        };
+        tx.execute_batch(&sql)?;
+    }
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [MIGRATIONS.len().to_string()],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    use super::OptionalExtension;
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
+}

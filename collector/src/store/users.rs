@@ -1,0 +1,96 @@
+//! Console users: name, role, argon2id password hash.
+
+use super::audit::{self, NewEntry};
+use super::{OptionalExtension, Result, StoreError};
+use crate::auth::{Actor, Role};
+use rusqlite::{params, Connection, Transaction};
+use serde::Serialize;
+use serde_json::json;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    pub created: String,
+    pub disabled: bool,
+}
+
+pub fn add(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    name: &str,
+    role: Role,
+    password_hash: &str,
+    reason: &str,
+) -> Result<User> {
+    validate_name(name)?;
+    let exists: Option<i64> = tx
+        .query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0))
+        .optional()?;
+    if exists.is_some() {
+        return Err(StoreError::Conflict(format!("user {name:?} already exists")));
+    }
+    let now = common::time::now_ms();
+    tx.execute(
+        "INSERT INTO users (name, role, password_hash, created_ms) VALUES (?1, ?2, ?3, ?4)",
+        params![name, role.as_str(), password_hash, now],
+    )?;
+    audit::append(
+        tx,
+        NewEntry {
+            actor,
+            action: "user.add",
+            target: format!("user:{name}"),
+            reason,
+            before: json!(null),
+            after: json!({"name": name, "role": role.as_str()}),
+        },
+    )?;
+    Ok(User {
+        name: name.into(),
+        role,
+        created: common::time::rfc3339(now),
+        disabled: false,
+    })
+}
+
+pub fn validate_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+    {
+        return Err(StoreError::Invalid(format!(
+            "invalid name {name:?}: use 1-64 letters, digits, '-', '_', '.', '@'"
+        )));
+    }
+    Ok(())
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<User>> {
+    let mut stmt =
+        conn.prepare("SELECT name, role, created_ms, disabled_ms FROM users ORDER BY name")?;
+    let rows = stmt.query_map([], |r| {
+        let role: String = r.get(1)?;
+        Ok(User {
+            name: r.get(0)?,
+            role: role.parse().unwrap_or(Role::Viewer),
+            created: common::time::rfc3339(r.get(2)?),
+            disabled: r.get::<_, Option<i64>>(3)?.is_some(),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// `(role, password hash)` of an enabled user.
+pub fn credentials(conn: &Connection, name: &str) -> Result<Option<(Role, String)>> {
+    Ok(conn
+        .query_row(
+            "SELECT role, password_hash FROM users WHERE name = ?1 AND disabled_ms IS NULL",
+            [name],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .optional()?
+        .map(|(role, hash)| (role.parse().unwrap_or(Role::Viewer), hash)))
+}

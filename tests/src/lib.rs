@@ -1,0 +1,1 @@
+//! Helpers for the end-to-end tests: locate built binaries, start them in temp dirs, wait for conditions.
