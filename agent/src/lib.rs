@@ -1,0 +1,148 @@
+//! The Opsplane agent as a library: `main.rs` is thin, and tests and
+//! benchmarks start agents in-process with [`start`].
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod disk;
+pub mod flagfile;
+pub mod hooks;
+pub mod metrics;
+pub mod proxy;
+pub mod state;
+pub mod sync;
+
+use anyhow::Context;
+use state::Shared;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Running {
+    pub api_addr: SocketAddr,
+    pub proxy_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    pub shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Binds the listeners, loads the last-known-good snapshot (or the local flag
+/// file) and starts syncing. Serving starts at once.
+pub async fn start(config: config::Config) -> anyhow::Result<Running> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let proxy_metrics = config
+        .proxy
+        .as_ref()
+        .map(|_| Arc::new(proxy::ProxyMetrics::default()));
+    let shared = Arc::new(Shared::new(config.clone(), proxy_metrics.clone()));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    // what to serve before anything else answers
+    if config.collector.is_some() {
+        if sync::load_cached(&shared).is_none() {
+            if let Some(f) = &config.flags_file {
+                // no snapshot yet: a local file bootstraps until the collector answers
+                match flagfile::load(&shared, f, 0) {
+                    Ok(_) => tracing::info!(path = %f.display(), "serving the local flag file until the collector answers"),
+                    Err(e) => tracing::warn!(error = %e, "flag file not loaded"),
+                }
+            }
+        }
+    } else if let Some(f) = &config.flags_file {
+        if let Err(e) = flagfile::load(&shared, f, 1) {
+            tracing::error!(error = %e, "flag file not loaded; /readyz stays 503 until it is valid");
+        }
+        tracker.spawn(flagfile::watch(shared.clone(), f.clone(), shutdown.clone()));
+    }
+
+    let api_listener = TcpListener::bind(config.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
+    let api_addr = api_listener.local_addr()?;
+    let app = api::router(shared.clone());
+    let token = shutdown.clone();
+    tracker.spawn(async move {
+        if let Err(e) = axum::serve(api_listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "local API stopped");
+        }
+    });
+
+    let mut proxy_addr = None;
+    if let (Some(p), Some(pm)) = (&config.proxy, proxy_metrics) {
+        let listener = TcpListener::bind(p.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (proxy.listen)", p.listen))?;
+        proxy_addr = Some(listener.local_addr()?);
+        let mut settings = proxy::ProxySettings::new(p.upstream.clone());
+        settings.upstream_header_timeout = p.upstream_timeout;
+        let rules: Vec<proxy::KillRule> = config
+            .killswitches
+            .iter()
+            .filter(|k| !k.blocks.is_empty())
+            .map(|k| proxy::KillRule {
+                name: k.name.clone(),
+                blocks: k
+                    .blocks
+                    .iter()
+                    .map(|(m, p)| proxy::BlockMatch {
+                        method: m.clone(),
+                        path_prefix: p.clone(),
+                    })
+                    .collect(),
+                status: k.status,
+                retry_after_secs: k.retry_after.map(|d| d.as_secs().max(1)),
+                body: k.body.clone(),
+            })
+            .collect();
+        let killed_rx = shared.killed_tx.subscribe();
+        let token = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = proxy::serve(listener, settings, Arc::new(rules), killed_rx, pm, token).await {
+                tracing::error!(error = %e, "proxy stopped");
+            }
+        });
+    }
+
+    tracker.spawn(hooks::run(
+        config.killswitches.clone(),
+        config.data_dir.clone(),
+        shared.killed_tx.subscribe(),
+        shared.ready_tx.subscribe(),
+        shared.metrics.clone(),
+        shutdown.clone(),
+    ));
+    if config.collector.is_some() {
+        tracker.spawn(sync::run(shared.clone(), tracker.clone(), shutdown.clone()));
+    }
+    tracing::info!(api = %api_addr, proxy = ?proxy_addr, service = %config.service, environment = %config.environment, version = common::VERSION, "agent started");
+    Ok(Running {
+        api_addr,
+        proxy_addr,
+        shared,
+        shutdown,
+        tracker,
+    })
+}
+
+impl Running {
+    /// Waits for shutdown, then drains every task with a deadline.
+    pub async fn wait(self) {
+        self.shutdown.cancelled().await;
+        self.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait()).await.is_err() {
+            tracing::warn!("tasks still running after the grace period; exiting anyway");
+        }
+        tracing::info!("agent stopped");
+    }
+}

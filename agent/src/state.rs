@@ -1,0 +1,178 @@
+//! The agent's shared state: the snapshot in force (flags compiled once per
+//! revision, kill-switch states), the collector connection status and the
+//! channels that tell the proxy and the hook runner what is killed. Every
+//! answer of the local API is computed from memory here; nothing waits on the
+//! collector.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use arc_swap::ArcSwapOption;
+use common::flags::{EvalContext, FlagSet};
+use common::wire::{AgentIdentity, Revision};
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Collector,
+    Cache,
+    File,
+}
+
+impl Source {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Source::Collector => "collector",
+            Source::Cache => "cache",
+            Source::File => "file",
+        }
+    }
+}
+
+/// One applied revision, immutable.
+pub struct Snapshot {
+    pub revision: u64,
+    pub source: Source,
+    /// When this snapshot was received from its source (ms since the epoch).
+    pub received_ms: i64,
+    pub flags: FlagSet,
+    pub doc: Revision,
+    /// Switches killed for this agent's service.
+    pub killed: Arc<BTreeSet<String>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CollectorStatus {
+    pub connected: bool,
+    pub last_contact_ms: Option<i64>,
+    pub agent_id: Option<String>,
+    pub last_error: Option<String>,
+    pub revoked: bool,
+}
+
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub identity: AgentIdentity,
+    /// The agent's own evaluation context (identity and labels).
+    pub base_ctx: EvalContext,
+    pub snapshot: ArcSwapOption<Snapshot>,
+    pub killed_tx: watch::Sender<Arc<BTreeSet<String>>>,
+    /// Revision applied last (tests and benchmarks wait on it).
+    pub applied_tx: watch::Sender<Option<u64>>,
+    pub ready_tx: watch::Sender<bool>,
+    collector: Mutex<CollectorStatus>,
+    pub metrics: Arc<Metrics>,
+    pub proxy_metrics: Option<Arc<crate::proxy::ProxyMetrics>>,
+    pub started: std::time::Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("revision {revision} rejected: {reason}")]
+pub struct Rejected {
+    pub revision: u64,
+    pub reason: String,
+}
+
+impl Shared {
+    pub fn new(config: Arc<Config>, proxy_metrics: Option<Arc<crate::proxy::ProxyMetrics>>) -> Self {
+        let identity = AgentIdentity {
+            service: config.service.clone(),
+            environment: config.environment.clone(),
+            instance: config.instance.clone(),
+            host: config.host.clone(),
+            version: common::VERSION.into(),
+            labels: config.labels.clone(),
+        };
+        let mut base_ctx = EvalContext::new();
+        for (k, v) in &config.labels {
+            base_ctx.insert(k.clone(), Value::String(v.clone()));
+        }
+        base_ctx.insert("service", Value::String(identity.service.clone()));
+        base_ctx.insert("environment", Value::String(identity.environment.clone()));
+        base_ctx.insert("instance", Value::String(identity.instance.clone()));
+        base_ctx.insert("host", Value::String(identity.host.clone()));
+        base_ctx.insert("version", Value::String(identity.version.clone()));
+        Shared {
+            config,
+            identity,
+            base_ctx,
+            snapshot: ArcSwapOption::empty(),
+            killed_tx: watch::channel(Arc::new(BTreeSet::new())).0,
+            applied_tx: watch::channel(None).0,
+            ready_tx: watch::channel(false).0,
+            collector: Mutex::new(CollectorStatus::default()),
+            metrics: Arc::new(Metrics::default()),
+            proxy_metrics,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Compiles and installs `rev` as a whole, or leaves the snapshot in force
+    /// untouched. The proxy and the hook runner see the new kill states at once.
+    pub fn apply(&self, rev: Revision, source: Source, received_ms: i64) -> Result<Arc<Snapshot>, Rejected> {
+        let flags = FlagSet::from_value(&rev.flags).map_err(|e| {
+            Metrics::inc(&self.metrics.revisions_rejected);
+            Rejected {
+                revision: rev.revision,
+                reason: e.to_string(),
+            }
+        })?;
+        let killed: BTreeSet<String> = rev
+            .killswitches
+            .iter()
+            .map(|k| k.name.as_str())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .filter(|n| {
+                rev.kill_state_for(n, &self.identity.service)
+                    .is_some_and(|k| k.killed)
+            })
+            .map(String::from)
+            .collect();
+        let snap = Arc::new(Snapshot {
+            revision: rev.revision,
+            source,
+            received_ms,
+            flags,
+            doc: rev,
+            killed: Arc::new(killed),
+        });
+        self.snapshot.store(Some(snap.clone()));
+        self.killed_tx.send_if_modified(|cur| {
+            if **cur != *snap.killed {
+                *cur = snap.killed.clone();
+                true
+            } else {
+                false
+            }
+        });
+        Metrics::inc(&self.metrics.revisions_applied);
+        self.applied_tx.send_replace(Some(snap.revision));
+        self.ready_tx.send_replace(true);
+        Ok(snap)
+    }
+
+    pub fn collector_status(&self) -> CollectorStatus {
+        self.collector.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn update_collector(&self, f: impl FnOnce(&mut CollectorStatus)) {
+        f(&mut self.collector.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Seconds since the snapshot in force was last confirmed current: by the
+    /// collector (any stream line while connected) or by its source file.
+    pub fn snapshot_age_s(&self, snap: &Snapshot) -> f64 {
+        let now = common::time::now_ms();
+        let confirmed = match snap.source {
+            Source::Collector => {
+                let c = self.collector_status();
+                c.last_contact_ms.unwrap_or(snap.received_ms).max(snap.received_ms)
+            }
+            Source::Cache | Source::File => snap.received_ms,
+        };
+        ((now - confirmed).max(0) as f64) / 1000.0
+    }
+}
