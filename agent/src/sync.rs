@@ -283,10 +283,24 @@ async fn stream_once(
                         Err(e) => tracing::error!(error = %e, "revision rejected; the previous one stays in force"),
                     }
                 }
-                Ok(StreamEvent::Ping { .. }) => backoff.reset(),
+                Ok(StreamEvent::Ping { latest }) => {
+                    backoff.reset();
+                    confirm_cached(&ctx.shared, latest, now);
+                }
                 Ok(StreamEvent::Revoked) => return StreamEnd::Revoked,
                 Err(e) => tracing::warn!(error = %e, "ignoring an unreadable stream line"),
             }
+        }
+    }
+}
+
+/// The collector says `latest` is current: a snapshot served from the cache
+/// with that number is now confirmed, so it counts as the collector's again.
+fn confirm_cached(shared: &Shared, latest: u64, now: i64) {
+    let snap = shared.snapshot.load_full();
+    if let Some(s) = snap.filter(|s| s.source == Source::Cache && s.revision == latest) {
+        if let Err(e) = shared.apply(s.doc.clone(), Source::Collector, now) {
+            tracing::warn!(error = %e, "cannot confirm the cached snapshot");
         }
     }
 }

@@ -98,8 +98,9 @@ async fn stream(State(ctx): State<Ctx>, headers: HeaderMap, Query(q): Query<Stre
     ctx.tracker.spawn(async move {
         let _guard = &guard;
         let mut sent = q.since;
+        // the first tick fires at once: an agent that is already current
+        // learns so immediately
         let mut ping = tokio::time::interval(PING_INTERVAL);
-        ping.tick().await;
         loop {
             let current = rx.borrow_and_update().clone();
             if sent != Some(current.revision) {

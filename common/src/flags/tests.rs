@@ -1,0 +1,731 @@
+use super::*;
+use serde_json::json;
+
+fn ctx(v: Value) -> EvalContext {
+    EvalContext::from_value(v)
+}
+
+/// A one-flag set whose string variants are named after their values.
+fn rule_set(variants: &[&str], targeting: Value) -> FlagSet {
+    let vs: Map<String, Value> = variants.iter().map(|v| (v.to_string(), json!(v))).collect();
+    FlagSet::from_value(&json!({"flags": {"f": {
+        "state": "ENABLED", "variants": vs, "defaultVariant": variants[0], "targeting": targeting
+    }}}))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Evaluates a rule and returns the resulting variant, "DEFAULT:<v>" for the
+/// default path, or "ERROR".
+fn run(set: &FlagSet, c: Value) -> String {
+    let e = set.evaluate("f", &ctx(c)).unwrap();
+    match e.reason {
+        Reason::Error => "ERROR".to_string(),
+        Reason::Default => format!("DEFAULT:{}", e.variant.unwrap_or("-")),
+        _ => e.variant.unwrap().to_string(),
+    }
+}
+
+/// `{"if": [COND, "yes", "no"]}` evaluated for a context.
+fn cond(rule: Value, c: Value) -> String {
+    run(
+        &rule_set(&["no", "yes"], json!({"if": [rule, "yes", "no"]})),
+        c,
+    )
+}
+
+#[test]
+fn operators_table() {
+    let cases: Vec<(Value, Value, &str)> = vec![
+        // var
+        (
+            json!({"==": [{"var": "a.b"}, 1]}),
+            json!({"a": {"b": 1}}),
+            "yes",
+        ),
+        (json!({"==": [{"var": ["x", 7]}, 7]}), json!({}), "yes"),
+        (
+            json!({"==": [{"var": ["x", 7]}, 7]}),
+            json!({"x": null}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"var": "arr.1"}, "b"]}),
+            json!({"arr": ["a", "b"]}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"var": "a\\.b"}, 2]}),
+            json!({"a.b": 2}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"var": "$flagd.flagKey"}, "f"]}),
+            json!({}),
+            "yes",
+        ),
+        (
+            json!({">": [{"var": "$flagd.timestamp"}, 1_600_000_000]}),
+            json!({}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"var": "targetingKey"}, "u"]}),
+            json!({"targetingKey": "u"}),
+            "yes",
+        ),
+        // missing / missing_some
+        (
+            json!({"!": {"missing": ["a", "b"]}}),
+            json!({"a": 1, "b": null}),
+            "yes",
+        ),
+        (json!({"missing": ["a", "b"]}), json!({"a": 1}), "yes"),
+        (
+            json!({"missing_some": [1, ["a", "b"]]}),
+            json!({"a": 1}),
+            "no",
+        ),
+        (
+            json!({"missing_some": [2, ["a", "b"]]}),
+            json!({"a": 1}),
+            "yes",
+        ),
+        // if / ?: / !, !!
+        (json!({"?:": [true, true, false]}), json!({}), "yes"),
+        (json!({"!": [{"var": "x"}]}), json!({"x": 0}), "yes"),
+        (json!({"!!": [{"var": "x"}]}), json!({"x": []}), "no"),
+        (json!({"!!": [{"var": "x"}]}), json!({"x": {}}), "no"),
+        (json!({"!!": [{"var": "x"}]}), json!({"x": "0"}), "yes"),
+        // equality
+        (json!({"==": [{"var": "x"}, 1]}), json!({"x": "1"}), "yes"),
+        (json!({"===": [{"var": "x"}, 1]}), json!({"x": "1"}), "no"),
+        (json!({"!=": [{"var": "x"}, 2]}), json!({"x": 1}), "yes"),
+        (json!({"!==": [{"var": "x"}, "1"]}), json!({"x": 1}), "yes"),
+        (json!({"==": [{"var": "x"}, null]}), json!({}), "yes"),
+        (
+            json!({"==": [{"var": "x"}, "true"]}),
+            json!({"x": true}),
+            "ERROR",
+        ),
+        // ordering, including the 3-argument between form
+        (json!({"<": [{"var": "x"}, 10]}), json!({"x": 9.5}), "yes"),
+        (json!({"<=": [1, {"var": "x"}, 3]}), json!({"x": 3}), "yes"),
+        (json!({"<": [1, {"var": "x"}, 3]}), json!({"x": 3}), "no"),
+        (json!({">": [{"var": "x"}, 10]}), json!({"x": "11"}), "yes"),
+        (json!({">=": [{"var": "x"}, "b"]}), json!({"x": "c"}), "yes"),
+        (
+            json!({"<": [{"var": "x"}, 10]}),
+            json!({"x": "abc"}),
+            "ERROR",
+        ),
+        // flagd-core quirk (shared `prev`): the var on the right is compared with itself
+        (json!({"<=": [10, {"var": "x"}]}), json!({"x": "abc"}), "no"),
+        // logic
+        (
+            json!({"or": [false, 0, {"var": "x"}]}),
+            json!({"x": "y"}),
+            "yes",
+        ),
+        (json!({"and": [true, {"var": "x"}]}), json!({"x": ""}), "no"),
+        // arithmetic
+        (
+            json!({"==": [{"+": [1, {"var": "x"}]}, 3]}),
+            json!({"x": "2"}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"-": [{"var": "x"}]}, -2]}),
+            json!({"x": 2}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"*": [{"var": "x"}, 3]}, 6]}),
+            json!({"x": 2}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"/": [{"var": "x"}, 4]}, 0.5]}),
+            json!({"x": 2}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"%": [{"var": "x"}, 4]}, 3]}),
+            json!({"x": 7}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"/": [1, {"var": "x"}]}, 1]}),
+            json!({"x": 0}),
+            "ERROR",
+        ),
+        (
+            json!({"==": [{"+": [1, {"var": "x"}]}, 1]}),
+            json!({"x": {"a": 1}}),
+            "ERROR",
+        ),
+        (
+            json!({"==": [{"max": [1, {"var": "x"}, 3]}, 5]}),
+            json!({"x": 5}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"min": [1, {"var": "x"}]}, 1]}),
+            json!({"x": "0"}),
+            "ERROR",
+        ),
+        // strings
+        (
+            json!({"==": [{"cat": ["a", {"var": "x"}, 1]}, "anull1"]}),
+            json!({}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"substr": [{"var": "x"}, -3]}, "com"]}),
+            json!({"x": "a.com"}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"substr": [{"var": "x"}, 1, 2]}, "bc"]}),
+            json!({"x": "abcd"}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"substr": [{"var": "x"}, 0, -1]}, "abc"]}),
+            json!({"x": "abcd"}),
+            "yes",
+        ),
+        (
+            json!({"in": ["@corp", {"var": "x"}]}),
+            json!({"x": "me@corp.io"}),
+            "yes",
+        ),
+        (
+            json!({"in": [{"var": "x"}, ["a", "b"]]}),
+            json!({"x": "b"}),
+            "yes",
+        ),
+        (json!({"in": [{"var": "x"}, ["a", "b"]]}), json!({}), "no"),
+        (
+            json!({"in": [{"var": "x"}, [1, 2]]}),
+            json!({"x": "1"}),
+            "no",
+        ),
+        // arrays
+        (
+            json!({"in": ["b", {"merge": [["a"], "b", [["c"]]]}]}),
+            json!({}),
+            "yes",
+        ),
+        (
+            json!({"some": [{"var": "t"}, {"==": [{"var": ""}, "vip"]}]}),
+            json!({"t": ["x", "vip"]}),
+            "yes",
+        ),
+        (
+            json!({"all": [{"var": "t"}, {">": [{"var": ""}, 1]}]}),
+            json!({"t": [2, 3]}),
+            "yes",
+        ),
+        (
+            json!({"all": [{"var": "t"}, {">": [{"var": ""}, 1]}]}),
+            json!({"t": []}),
+            "no",
+        ),
+        (
+            json!({"none": [{"var": "t"}, {"==": [{"var": ""}, 1]}]}),
+            json!({"t": [2]}),
+            "yes",
+        ),
+        (
+            json!({"==": [{"reduce": [{"var": "t"}, {"+": [{"var": "accumulator"}, {"var": "current"}]}, 0]}, 6]}),
+            json!({"t": [1, 2, 3]}),
+            "yes",
+        ),
+        (
+            json!({"in": [4, {"map": [{"var": "t"}, {"*": [{"var": ""}, 2]}]}]}),
+            json!({"t": [1, 2]}),
+            "yes",
+        ),
+        (
+            json!({"in": [2, {"filter": [{"var": "t"}, {">": [{"var": ""}, 1]}]}]}),
+            json!({"t": [1, 2]}),
+            "yes",
+        ),
+        (
+            json!({"some": [{"var": "t"}, {"==": [{"var": ""}, 1]}]}),
+            json!({"t": "abc"}),
+            "ERROR",
+        ),
+        // flagd string operators
+        (
+            json!({"starts_with": [{"var": "e"}, "adm"]}),
+            json!({"e": "admin@x"}),
+            "yes",
+        ),
+        (
+            json!({"ends_with": [{"var": "e"}, "@x.io"]}),
+            json!({"e": "a@x.io"}),
+            "yes",
+        ),
+        (
+            json!({"ends_with": [{"var": "e"}, "@x.io"]}),
+            json!({"e": 5}),
+            "no",
+        ),
+    ];
+    for (rule, c, want) in cases {
+        assert_eq!(cond(rule.clone(), c.clone()), want, "rule {rule} ctx {c}");
+    }
+}
+
+#[test]
+fn sem_ver_table() {
+    let cases: &[(&str, &str, &str, bool)] = &[
+        ("1.2.3", "=", "1.2.3", true),
+        ("v1.2.3", "=", "1.2.3", true),
+        ("V1.2.3", "=", "v1.2.3", true),
+        ("1.2.3+build", "=", "1.2.3", true),
+        ("1.2.4", "!=", "1.2.3", true),
+        ("1.2.3-alpha", "<", "1.2.3", true),
+        ("1.2.3-alpha.2", "<", "1.2.3-alpha.10", true),
+        ("1.2.3-alpha", "<", "1.2.3-beta", true),
+        ("2.0.0", ">", "1.99.99", true),
+        ("2.0.0", ">=", "2.0.0", true),
+        ("1.0.0", "<=", "0.9.0", false),
+        ("1.5.0", "^", "1.0.0", true),
+        ("2.0.0", "^", "1.0.0", false),
+        ("1.2.9", "~", "1.2.0", true),
+        ("1.3.0", "~", "1.2.0", false),
+        ("1", "=", "1.0.0", true),
+        ("1.2", "=", "1.2.0", true),
+        (" 1.2.3 ", "=", "1.2.3", true),
+    ];
+    for (a, op, b, want) in cases {
+        let got = cond(json!({"sem_ver": [{"var": "v"}, op, b]}), json!({"v": a}));
+        assert_eq!(got, if *want { "yes" } else { "no" }, "{a} {op} {b}");
+    }
+    // Unparsable versions give null: the default variant.
+    for bad in [
+        json!("not-a-version"),
+        json!("1.2.3.4"),
+        json!("01.2.3"),
+        json!(null),
+        json!({"a": 1}),
+    ] {
+        let set = rule_set(
+            &["no", "yes"],
+            json!({"sem_ver": [{"var": "v"}, "=", "1.0.0"]}),
+        );
+        assert_eq!(run(&set, json!({"v": bad})), "DEFAULT:no", "{bad}");
+    }
+    // A number is a version too.
+    assert_eq!(
+        cond(
+            json!({"sem_ver": [{"var": "v"}, "=", "2.0.0"]}),
+            json!({"v": 2})
+        ),
+        "yes"
+    );
+}
+
+#[test]
+fn fractional_matches_reference_vectors() {
+    // Expected variants computed with @openfeature/flagd-core 4.0.1.
+    let def = json!({"flags": {
+        "f1": {"state": "ENABLED", "variants": {"red": "r", "blue": "b", "green": "g", "yellow": "y"},
+               "defaultVariant": "red",
+               "targeting": {"fractional": [["red", 25], ["blue", 25], ["green", 25], ["yellow", 25]]}},
+        "f2": {"state": "ENABLED", "variants": {"a": 1, "b": 2, "c": 3}, "defaultVariant": "a",
+               "targeting": {"fractional": [{"cat": [{"var": "$flagd.flagKey"}, {"var": "email"}]},
+                                             ["a", 10], ["b", 30], ["c", 60]]}},
+        "f3": {"state": "ENABLED", "variants": {"x": true, "y": false}, "defaultVariant": "x",
+               "targeting": {"fractional": ["fixed-string", ["x", 1], ["y", 1]]}}
+    }});
+    let set = FlagSet::from_value(&def).unwrap();
+    let cases = [
+        (
+            json!({"targetingKey": "jon@company.com"}),
+            ["blue", "b", "x"],
+        ),
+        (
+            json!({"targetingKey": "user-1", "email": "a@b.c"}),
+            ["green", "b", "x"],
+        ),
+        (
+            json!({"targetingKey": "4aa5ad08-8e8b-4f64-a2f3-96ab8a5bda0b", "email": "zzz@example.com"}),
+            ["green", "c", "x"],
+        ),
+        (json!({"targetingKey": "x"}), ["yellow", "b", "x"]),
+        (json!({"email": "q@q.q"}), ["red", "b", "x"]),
+    ];
+    for (c, want) in cases {
+        let c = ctx(c);
+        for (key, w) in ["f1", "f2", "f3"].iter().zip(want) {
+            let e = set.evaluate(key, &c).unwrap();
+            assert_eq!(e.variant, Some(w), "{key} {c:?}");
+        }
+    }
+    // No targeting key: fractional yields null, so the default applies.
+    let e = set.evaluate("f1", &EvalContext::new()).unwrap();
+    assert_eq!((e.reason, e.variant), (Reason::Default, Some("red")));
+    // Fractional results are TARGETING_MATCH in flagd-core (never SPLIT).
+    let e = set
+        .evaluate("f1", &ctx(json!({"targetingKey": "x"})))
+        .unwrap();
+    assert_eq!(e.reason, Reason::TargetingMatch);
+}
+
+#[test]
+fn fractional_distribution_and_weights() {
+    let set = rule_set(
+        &["a", "b", "c", "zero"],
+        json!({"fractional": [["a", 50], ["b", 30], ["c"], ["zero", 0]]}),
+    );
+    let mut counts = std::collections::HashMap::new();
+    for i in 0..8100 {
+        let v = run(&set, json!({"targetingKey": format!("user-{i}")}));
+        *counts.entry(v).or_insert(0) += 1;
+    }
+    let n = |k: &str| counts.get(k).copied().unwrap_or(0) as f64 / 8100.0;
+    assert!((n("a") - 50.0 / 81.0).abs() < 0.03, "{counts:?}");
+    assert!((n("b") - 30.0 / 81.0).abs() < 0.03, "{counts:?}");
+    assert!((n("c") - 1.0 / 81.0).abs() < 0.01, "{counts:?}");
+    assert_eq!(n("zero"), 0.0);
+}
+
+#[test]
+fn results_and_reasons() {
+    let set = FlagSet::parse(
+        r#"{"flags": {
+        "static": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"},
+        "empty-targeting": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "on", "targeting": {}},
+        "disabled": {"state": "DISABLED", "variants": {"on": true}, "defaultVariant": "on"},
+        "no-default": {"state": "ENABLED", "variants": {"on": true}},
+        "null-default": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": null,
+                         "targeting": {"if": [{"var": "x"}, "on", null]}},
+        "bool-result": {"state": "ENABLED", "variants": {"true": 1, "false": 0}, "defaultVariant": "false",
+                        "targeting": {"==": [{"var": "x"}, 1]}},
+        "number-result": {"state": "ENABLED", "variants": {"1": "one", "2": "two"}, "defaultVariant": "1",
+                          "targeting": {"+": [1, 1]}},
+        "bad-variant": {"state": "ENABLED", "variants": {"a": "a"}, "defaultVariant": "a",
+                        "targeting": {"var": "x"}}
+    }, "metadata": {"team": "core", "version": 1}}"#,
+    )
+    .unwrap();
+    let c = ctx(json!({"x": 1}));
+    let e = set.evaluate("static", &c).unwrap();
+    assert_eq!(e.reason, Reason::Static);
+    assert_eq!(e.value.as_deref(), Some(&json!(true)));
+    assert!(matches!(e.value, Some(Cow::Borrowed(_))));
+    assert_eq!(e.metadata["team"], json!("core"));
+    assert_eq!(
+        set.evaluate("empty-targeting", &c).unwrap().reason,
+        Reason::Static
+    );
+
+    let e = set.evaluate("disabled", &c).unwrap();
+    assert_eq!(
+        (e.reason, e.value.is_none(), e.variant, e.error.is_none()),
+        (Reason::Disabled, true, None, true)
+    );
+
+    let e = set.evaluate("no-default", &c).unwrap();
+    assert_eq!(
+        (e.reason, e.value.is_none(), e.variant),
+        (Reason::Default, true, None)
+    );
+    let e = set.evaluate("null-default", &EvalContext::new()).unwrap();
+    assert_eq!(
+        (e.reason, e.value.is_none(), e.variant),
+        (Reason::Default, true, None)
+    );
+    let e = set.evaluate("null-default", &c).unwrap();
+    assert_eq!((e.reason, e.variant), (Reason::TargetingMatch, Some("on")));
+
+    let e = set.evaluate("bool-result", &c).unwrap();
+    assert_eq!(
+        (e.variant, e.value.as_deref()),
+        (Some("true"), Some(&json!(1)))
+    );
+    let e = set.evaluate("number-result", &c).unwrap();
+    assert_eq!(e.variant, Some("2"));
+
+    let e = set.evaluate("bad-variant", &c).unwrap();
+    assert_eq!(e.reason, Reason::Error);
+    let err = e.error.unwrap();
+    assert_eq!(err.code, ErrorCode::General);
+    assert!(
+        err.message.contains("variant '1' not found"),
+        "{}",
+        err.message
+    );
+
+    assert!(set.evaluate("nope", &c).is_none());
+    let all = set.evaluate_all(&c);
+    assert_eq!(all.len(), set.len());
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(
+        set.keys().collect::<Vec<_>>(),
+        all.iter().map(|x| x.0).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn metadata_flag_wins_over_set() {
+    let set = FlagSet::from_value(&json!({
+        "metadata": {"team": "core", "env": "prod"},
+        "flags": {"f": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                        "metadata": {"team": "web"}}}
+    }))
+    .unwrap();
+    let e = set.evaluate("f", &EvalContext::new()).unwrap();
+    assert_eq!(e.metadata["team"], json!("web"));
+    assert_eq!(e.metadata["env"], json!("prod"));
+}
+
+#[test]
+fn refs_are_inlined() {
+    let set = FlagSet::from_value(&json!({
+        "$evaluators": {
+            "staff": {"ends_with": [{"var": "email"}, "@corp.io"]},
+            "staff_or_beta": {"or": [{"$ref": "staff"}, {"var": "beta"}]}
+        },
+        "flags": {"f": {"state": "ENABLED", "variants": {"on": "on", "off": "off"}, "defaultVariant": "off",
+                        "targeting": {"if": [{"$ref": "staff_or_beta"}, "on", "off"]}}}
+    }))
+    .unwrap();
+    assert_eq!(run(&set, json!({"email": "a@corp.io"})), "on");
+    assert_eq!(run(&set, json!({"beta": true})), "on");
+    assert_eq!(run(&set, json!({"email": "a@x.io"})), "off");
+}
+
+fn problems(def: Value) -> Vec<String> {
+    FlagSet::from_value(&def)
+        .expect_err("must be rejected")
+        .problems
+}
+
+#[test]
+fn validation_messages_name_flag_and_problem() {
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"flags": {"checkout": {"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "on"}}}),
+            r#"flag "checkout": defaultVariant "on" is not one of the variants [a, b]"#,
+        ),
+        (
+            json!({"flags": {"x": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                                   "targeting": {"fractionl": [["a", 1]]}}}}),
+            r#"flag "x": targeting: unknown operator "fractionl" (did you mean "fractional"?)"#,
+        ),
+        (
+            json!({"flags": {"y": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                                   "targeting": {"$ref": "rules"}}}}),
+            r#"flag "y": $ref "rules" not found in $evaluators"#,
+        ),
+        (
+            json!({"flags": {"m": {"state": "ENABLED", "variants": {"a": 1, "b": "x"}, "defaultVariant": "a"}}}),
+            r#"flag "m": variants mix types"#,
+        ),
+        (
+            json!({"flags": {"s": {"state": "ON", "variants": {"a": 1}, "defaultVariant": "a"}}}),
+            r#"flag "s": invalid state "ON""#,
+        ),
+        (
+            json!({"flags": {"w": {"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a",
+                                   "targeting": {"fractional": [["a", -1], ["b", 2]]}}}}),
+            r#"flag "w": targeting: fractional: weight -1 of variant "a" is negative"#,
+        ),
+        (
+            json!({"flags": {"w": {"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a",
+                                   "targeting": {"fractional": [["a", 1], ["c", 2]]}}}}),
+            r#"flag "w": targeting: fractional: variant "c" is not one of the variants [a, b]"#,
+        ),
+        (
+            json!({"flags": {"v": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                                   "targeting": {"sem_ver": [{"var": "v"}, "=>", "1.0.0"]}}}}),
+            r#"flag "v": targeting: sem_ver: unknown operator "=>""#,
+        ),
+        (
+            json!({"flags": {"k": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                                   "targeting": {"if": [{"var": "x"}, "a"], "or": []}}}}),
+            r#"flag "k": targeting: an operation must have exactly one key"#,
+        ),
+        (
+            json!({"flags": {"z": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                                   "targeting": {"/": [1, 0]}}}}),
+            r#"flag "z": targeting: "/" on constant arguments fails"#,
+        ),
+        (
+            json!({"flags": {"c": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                                   "targeting": {"$ref": "e1"}}},
+                   "$evaluators": {"e1": {"$ref": "e2"}, "e2": {"$ref": "e1"}}}),
+            r#"$ref cycle"#,
+        ),
+        (
+            json!({"flags": {"u": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "colour": 1}}}),
+            r#"flag "u": unknown field "colour""#,
+        ),
+        (
+            json!({"flags": {}, "flagz": {}}),
+            r#"unknown top-level field "flagz""#,
+        ),
+        (json!({"nothing": 1}), "missing \"flags\" object"),
+        (
+            json!({"flags": {"t": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": "a"}}}),
+            r#"flag "t": targeting must be a JsonLogic object"#,
+        ),
+        (
+            json!({"flags": {"md": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                                    "metadata": {"x": {"y": 1}}}}}),
+            r#"flag "md": metadata "x" must be a string, number or boolean"#,
+        ),
+        (
+            json!({"flags": {"sw": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                                    "targeting": {"starts_with": [{"var": "e"}]}}}}),
+            r#"flag "sw": targeting: "starts_with" needs 2 arguments, found 1"#,
+        ),
+    ];
+    for (def, want) in cases {
+        let ps = problems(def.clone());
+        assert!(
+            ps.iter().any(|p| p.starts_with(want) || p.contains(want)),
+            "expected a problem like {want:?}, got {ps:?}"
+        );
+    }
+}
+
+#[test]
+fn validation_collects_every_problem() {
+    let err = FlagSet::from_value(&json!({"flags": {
+        "a": {"state": "ENABLED", "variants": {"x": 1}, "defaultVariant": "y"},
+        "b": {"state": "NOPE", "variants": {"x": 1}, "defaultVariant": "x"},
+        "c": {"state": "ENABLED", "variants": {"x": 1}, "defaultVariant": "x",
+              "targeting": {"if": [{"bogus": 1}, "x", {"$ref": "missing"}]}}
+    }}))
+    .unwrap_err();
+    assert_eq!(err.problems.len(), 4, "{err}");
+    let text = err.to_string();
+    for part in [
+        r#"flag "a""#,
+        r#"flag "b""#,
+        r#"unknown operator "bogus""#,
+        r#"$ref "missing""#,
+    ] {
+        assert!(text.contains(part), "{text}");
+    }
+    assert!(text.contains("; "));
+}
+
+#[test]
+fn malformed_json_reports_line_and_column() {
+    let err = FlagSet::parse("{\n  \"flags\": {\n    \"a\": }\n}").unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert!(
+        err.problems[0].starts_with("invalid JSON at line 3, column"),
+        "{err}"
+    );
+    let deep = "[".repeat(10_000);
+    assert!(FlagSet::parse(&deep).is_err());
+}
+
+#[test]
+fn deep_rules_are_rejected() {
+    let mut rule = json!({"var": "x"});
+    for _ in 0..200 {
+        rule = json!({"!": [rule]});
+    }
+    let ps = problems(
+        json!({"flags": {"d": {"state": "ENABLED", "variants": {"a": 1},
+                                           "defaultVariant": "a", "targeting": rule}}}),
+    );
+    assert!(
+        ps.iter().any(|p| p.contains("nested deeper than")),
+        "{ps:?}"
+    );
+}
+
+#[test]
+fn never_panics_on_odd_contexts() {
+    let rules = [
+        json!({"if": [{"<": [{"var": "a"}, 5]}, "yes", "no"]}),
+        json!({"cat": [{"var": "a"}, {"var": "b"}]}),
+        json!({"fractional": [{"var": "a"}, ["yes", 1], ["no", 1]]}),
+        json!({"fractional": [["yes", 1], ["no", 1]]}),
+        json!({"sem_ver": [{"var": "a"}, {"var": "b"}, "1.0.0"]}),
+        json!({"substr": [{"var": "a"}, {"var": "b"}, {"var": "c"}]}),
+        json!({"in": [{"var": "a"}, {"var": "b"}]}),
+        json!({"map": [{"var": "a"}, {"+": [{"var": ""}, 1]}]}),
+        json!({"reduce": [{"var": "a"}, {"cat": [{"var": "accumulator"}, {"var": "current"}]}]}),
+        json!({"%": [{"var": "a"}, {"var": "b"}]}),
+        json!({"max": {"var": "a"}}),
+        json!({"+": {"var": "a"}}),
+        json!({"var": {"cat": ["a", ".", {"var": "b"}]}}),
+        json!({"missing": {"var": "a"}}),
+        json!({"starts_with": {"var": "a"}}),
+        json!({"fractional": {"var": "a"}}),
+    ];
+    let mut deep = json!(1);
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let values = [
+        json!(null),
+        json!(1e308),
+        json!(-1e308),
+        json!(u64::MAX),
+        json!(i64::MIN),
+        json!(""),
+        json!("ü✓\u{0}"),
+        json!([]),
+        json!({}),
+        json!([null, [1, [2]]]),
+        json!({"a": {"b": []}}),
+        deep,
+        json!("9".repeat(400)),
+        json!(true),
+        json!(-0.0),
+        json!(3.5),
+    ];
+    for rule in &rules {
+        let set = rule_set(&["no", "yes"], rule.clone());
+        for a in &values {
+            for b in [json!(0), json!("x"), json!(-3), json!([1]), json!(null)] {
+                let c = json!({"a": a, "b": b, "c": -1, "targetingKey": a});
+                let _ = run(&set, c);
+            }
+        }
+    }
+}
+
+#[test]
+fn static_evaluation_borrows() {
+    let set = rule_set(&["a", "b"], json!({"if": [{"var": "x"}, "b", "a"]}));
+    let e = set.evaluate("f", &ctx(json!({"x": true}))).unwrap();
+    assert!(matches!(e.value, Some(Cow::Borrowed(_))));
+    assert_eq!(e.variant, Some("b"));
+}
+
+#[test]
+fn context_helpers() {
+    let mut base = EvalContext::new();
+    base.insert("targetingKey", json!("u1"));
+    base.insert("plan", json!("free"));
+    let mut overlay = Map::new();
+    overlay.insert("plan".into(), json!("gold"));
+    let m = EvalContext::merged(&base, &overlay);
+    assert_eq!(m.targeting_key(), Some("u1"));
+    assert_eq!(m.get("plan"), Some(&json!("gold")));
+    assert_eq!(base.get("plan"), Some(&json!("free")));
+    assert!(FlagSet::empty().is_empty());
+    assert_eq!(Reason::TargetingMatch.as_str(), "TARGETING_MATCH");
+    assert_eq!(
+        ErrorCode::TargetingKeyMissing.as_str(),
+        "TARGETING_KEY_MISSING"
+    );
+}
+
+#[test]
+fn flagset_is_send_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<FlagSet>();
+}

@@ -1,0 +1,282 @@
+//! Command lines as users and scripts meet them: exit codes, config errors
+//! that name file, line and key, roles, secrets printed once, the audit log
+//! (tamper detection, export), and refused input.
+
+use std::process::Command;
+use tests::*;
+
+fn run(bin_name: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin(bin_name)).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn help_and_version_exit_zero_and_bad_usage_exits_two() {
+    for b in ["opsplane-agent", "opsplane-collector", "opsctl"] {
+        let (code, out, _) = run(b, &["--version"]);
+        assert_eq!(code, 0, "{b} --version");
+        assert!(out.contains(env!("CARGO_PKG_VERSION")), "{b}: {out}");
+        assert_eq!(run(b, &["--help"]).0, 0, "{b} --help");
+        assert_eq!(run(b, &["no-such-verb"]).0, 2, "{b} bad verb");
+    }
+}
+
+#[test]
+fn config_errors_name_file_line_and_key_and_exit_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = write_file(
+        tmp.path(),
+        "agent.toml",
+        "service = \"web\"\nenvironment = \"prod\"\n[api]\nlisten = \"127.0.0.1:7600\"\nlisten_adress = \"x\"\n",
+    );
+    let (code, _, err) = run("opsplane-agent", &["check-config", f.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("agent.toml:5") && err.contains("api") && err.contains("listen_adress"), "{err}");
+    // `run` refuses the same file the same way
+    let (code, _, err2) = run("opsplane-agent", &["run", "--config", f.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert_eq!(err, err2);
+
+    let f = write_file(tmp.path(), "bad-values.toml", "service = \"web\"\nenvironment = \"\"\n[collector]\nurl = \"ftp://x\"\n");
+    let (code, _, err) = run("opsplane-agent", &["check-config", f.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad-values.toml:2: environment"), "{err}");
+    assert!(err.contains("bad-values.toml:4: collector.url"), "{err}");
+
+    let f = write_file(tmp.path(), "collector.toml", "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"nonsense\"\n[ingest]\nport = 1\n");
+    let (code, _, err) = run("opsplane-collector", &["check-config", f.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("collector.toml:5") && err.contains("port"), "{err}");
+
+    let f = write_file(tmp.path(), "ok.toml", "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"127.0.0.1:7602\"\n");
+    assert_eq!(run("opsplane-collector", &["check-config", f.to_str().unwrap()]).0, 0);
+    let (code, _, err) = run("opsplane-agent", &["check-config", "/nonexistent/agent.toml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/agent.toml") && err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn init_twice_fails_and_token_file_is_private() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collector::start(tmp.path());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(tmp.path().join("admin.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (code, _, err) = run("opsplane-collector", &["init", "--data-dir", tmp.path().join("collector-data").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("already initialised"), "{err}");
+    // no token: usage error
+    let out = Command::new(bin("opsctl")).args(["agents", "list"]).env("OPSPLANE_URL", &c.admin_url).env_remove("OPSPLANE_TOKEN").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // wrong token: refused
+    let out = c.opsctl_as("opsp_0000", &["agents", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+#[test]
+fn secrets_are_printed_once_on_the_last_line_and_stored_hashed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collector::start(tmp.path());
+    let out = c.ok(&["agents", "enroll-token", "--env", "prod", "--service", "web", "--expires", "1h"]);
+    let last = out.lines().last().unwrap();
+    assert!(last.starts_with("opse_") && !last.contains(' '), "{out}");
+    let out = c.ok(&["tokens", "create", "--name", "ci", "--role", "viewer", "--expires", "30d"]);
+    let secret = out.lines().last().unwrap().to_string();
+    assert!(secret.starts_with("opsp_"), "{out}");
+    // the token works, and the database holds no secret in clear
+    assert!(c.opsctl_as(&secret, &["agents", "list"]).status.success());
+    let db = std::fs::read(tmp.path().join("collector-data/opsplane.db")).unwrap();
+    let wal = std::fs::read(tmp.path().join("collector-data/opsplane.db-wal")).unwrap_or_default();
+    for blob in [&db, &wal] {
+        assert!(!String::from_utf8_lossy(blob).contains(&secret[5..]), "token stored in clear");
+        assert!(!String::from_utf8_lossy(blob).contains(&last[5..]), "enroll token stored in clear");
+    }
+    // revoked: refused at once
+    let id = c.json(&["tokens", "list"])["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "ci").unwrap()["id"].as_str().unwrap().to_string();
+    c.ok(&["tokens", "revoke", &id]);
+    assert_eq!(c.opsctl_as(&secret, &["agents", "list"]).status.code(), Some(1));
+    // users add prints a generated password last
+    let out = c.ok(&["users", "add", "alice", "--role", "operator"]);
+    assert_eq!(out.lines().last().unwrap().len(), 20, "{out}");
+    let pw = write_file(tmp.path(), "pw", "a-long-enough-password\n");
+    let out = c.ok(&["users", "add", "bob", "--role", "viewer", "--password-file", pw.to_str().unwrap()]);
+    assert!(!out.contains("password"), "{out}");
+}
+
+#[test]
+fn roles_are_enforced_on_every_mutation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collector::start(tmp.path());
+    c.ok(&["killswitches", "create", "pay", "--description", "payments"]);
+    let flags = write_file(tmp.path(), "f.json", r#"{"flags":{"a":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}}}"#);
+    let f = flags.to_str().unwrap();
+    c.ok(&["flags", "apply", f, "--env", "prod", "--reason", "seed"]);
+    let viewer = c.token("v", "viewer");
+    let responder = c.token("r", "responder");
+    let operator = c.token("o", "operator");
+    // (command, least role that may run it)
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["kill", "pay", "--env", "prod", "--reason", "x"], "responder"),
+        (vec!["revive", "pay", "--env", "prod", "--reason", "x"], "responder"),
+        (vec!["flags", "set", "a", "--env", "prod", "--state", "DISABLED", "--reason", "x"], "operator"),
+        (vec!["flags", "apply", f, "--env", "staging", "--reason", "x"], "operator"),
+        (vec!["killswitches", "create", "k2", "--description", "x"], "operator"),
+        (vec!["agents", "enroll-token", "--env", "prod", "--service", "web"], "operator"),
+        (vec!["tokens", "create", "--name", "t", "--role", "viewer"], "admin"),
+        (vec!["users", "add", "u", "--role", "viewer"], "admin"),
+        (vec!["audit", "export"], "admin"),
+    ];
+    let rank = |r: &str| ["viewer", "responder", "operator", "admin"].iter().position(|x| *x == r).unwrap();
+    for (args, least) in &cases {
+        for (role, tok) in [("viewer", &viewer), ("responder", &responder), ("operator", &operator)] {
+            let out = c.opsctl_as(tok, args);
+            let allowed = rank(role) >= rank(least);
+            if allowed {
+                assert!(out.status.success(), "{role} should run {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            } else {
+                assert_eq!(out.status.code(), Some(1), "{role} must not run {args:?}");
+                assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{role} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+    // a viewer reads everything but secrets
+    for args in [vec!["agents", "list"], vec!["flags", "list", "--env", "prod"], vec!["audit", "list"], vec!["killswitches", "list", "--env", "prod"], vec!["audit", "verify"]] {
+        assert!(c.opsctl_as(&viewer, &args).status.success(), "viewer {args:?}");
+    }
+    assert_eq!(c.opsctl_as(&viewer, &["tokens", "list"]).status.code(), Some(1));
+}
+
+#[test]
+fn bad_definitions_and_unknown_switches_are_refused_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collector::start(tmp.path());
+    let good = write_file(tmp.path(), "good.json", r#"{"flags":{"a":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}}}"#);
+    let rev = c.json(&["flags", "apply", good.to_str().unwrap(), "--env", "prod", "--reason", "seed"])["revision"].as_u64().unwrap();
+    let bad = write_file(tmp.path(), "bad.json", r#"{"flags":{"a":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"maybe"}}}"#);
+    let out = c.opsctl(&["flags", "apply", bad.to_str().unwrap(), "--env", "prod", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"a\"") && err.contains("maybe"), "{err}");
+    let broken = write_file(tmp.path(), "broken.json", "{\"flags\": {\n  \"a\": \n}");
+    let out = c.opsctl(&["flags", "apply", broken.to_str().unwrap(), "--env", "prod", "--reason", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.json:3"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.json(&["flags", "list", "--env", "prod"])["revision"].as_u64(), Some(rev));
+
+    // dry run prints the diff and applies nothing
+    let next = write_file(tmp.path(), "next.json", r#"{"flags":{"a":{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}}}"#);
+    let out = c.ok(&["flags", "apply", next.to_str().unwrap(), "--env", "prod", "--dry-run"]);
+    assert!(out.contains("/flags/a/state") && out.contains("dry run"), "{out}");
+    assert_eq!(c.json(&["flags", "list", "--env", "prod"])["revision"].as_u64(), Some(rev));
+    // a reason is required
+    assert_eq!(c.opsctl(&["flags", "apply", next.to_str().unwrap(), "--env", "prod"]).status.code(), Some(2));
+
+    c.ok(&["killswitches", "create", "checkout-payments", "--description", "x"]);
+    let out = c.opsctl(&["kill", "checkout-payment", "--env", "prod", "--reason", "typo"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown kill switch") && err.contains("checkout-payments"), "{err}");
+}
+
+#[test]
+fn audit_chain_detects_edits_deletions_and_reordering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Collector::start(tmp.path());
+    c.ok(&["killswitches", "create", "pay", "--description", "payments"]);
+    for i in 0..3 {
+        c.ok(&["kill", "pay", "--env", "prod", "--reason", &format!("k{i}")]);
+        c.ok(&["revive", "pay", "--env", "prod", "--reason", &format!("r{i}")]);
+    }
+    let out = c.ok(&["audit", "verify"]);
+    assert!(out.contains("intact"), "{out}");
+    // export: JSON lines and CSV with every entry
+    let jsonl = c.ok(&["audit", "export"]);
+    let n = jsonl.lines().count();
+    assert!(n >= 9, "{jsonl}");
+    let first: serde_json::Value = serde_json::from_str(jsonl.lines().next().unwrap()).unwrap();
+    assert_eq!(first["seq"], 1);
+    let csv = c.ok(&["audit", "export", "--format", "csv"]);
+    assert_eq!(csv.lines().count(), n + 1);
+    assert!(csv.starts_with("seq,time,actor"));
+    let kill_entry = jsonl.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|e| e["action"] == "killswitch.kill").unwrap();
+    assert_eq!(kill_entry["reason"], "k0");
+    assert_eq!(kill_entry["source"], "127.0.0.1");
+    assert!(kill_entry["user_agent"].as_str().unwrap().starts_with("opsctl/"));
+    assert_eq!(kill_entry["diff"][0]["after"], true, "{kill_entry}");
+
+    let db = tmp.path().join("collector-data/opsplane.db");
+    let tamper = |sql: &str| {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(sql).unwrap();
+    };
+    let verify = |c: &Collector| {
+        let out = c.opsctl(&["audit", "verify"]);
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    c.stop();
+    tamper("UPDATE audit SET reason = 'nothing to see' WHERE seq = 5;");
+    c.run();
+    let (code, out) = verify(&c);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("entry 5") && out.contains("modified"), "{out}");
+
+    // a deleted entry, in a fresh log
+    drop(c);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Collector::start(tmp.path());
+    c.ok(&["killswitches", "create", "pay", "--description", "payments"]);
+    c.ok(&["kill", "pay", "--env", "prod", "--reason", "k"]);
+    c.ok(&["revive", "pay", "--env", "prod", "--reason", "r"]);
+    c.ok(&["kill", "pay", "--env", "prod", "--reason", "k"]);
+    c.stop();
+    let conn = rusqlite::Connection::open(tmp.path().join("collector-data/opsplane.db")).unwrap();
+    conn.execute_batch("DELETE FROM audit WHERE seq = 4;").unwrap();
+    drop(conn);
+    c.run();
+    let (code, out) = verify(&c);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("entry 4") && out.contains("missing"), "{out}");
+
+    // truncating the tail is caught by the recorded head
+    let tmp2 = tempfile::tempdir().unwrap();
+    let mut c2 = Collector::start(tmp2.path());
+    c2.ok(&["killswitches", "create", "pay", "--description", "payments"]);
+    c2.ok(&["kill", "pay", "--env", "prod", "--reason", "x"]);
+    c2.stop();
+    let conn = rusqlite::Connection::open(tmp2.path().join("collector-data/opsplane.db")).unwrap();
+    conn.execute_batch("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit);").unwrap();
+    drop(conn);
+    c2.run();
+    let out = c2.opsctl(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed from the end"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn reordered_entries_are_detected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = Collector::start(tmp.path());
+    c.ok(&["killswitches", "create", "pay", "--description", "payments"]);
+    c.ok(&["kill", "pay", "--env", "prod", "--reason", "a"]);
+    c.ok(&["revive", "pay", "--env", "prod", "--reason", "b"]);
+    c.ok(&["kill", "pay", "--env", "prod", "--reason", "c"]);
+    c.stop();
+    let conn = rusqlite::Connection::open(tmp.path().join("collector-data/opsplane.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TEMP TABLE t AS SELECT * FROM audit WHERE seq IN (4, 5);
+         DELETE FROM audit WHERE seq IN (4, 5);
+         INSERT INTO audit SELECT CASE seq WHEN 4 THEN 5 ELSE 4 END, ts_ms, actor, role, source, user_agent, action, target, reason, diff, prev_hash, hash FROM t;",
+    )
+    .unwrap();
+    drop(conn);
+    c.run();
+    let out = c.opsctl(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("entry 4"), "{text}");
+}
