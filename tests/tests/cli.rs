@@ -280,3 +280,14 @@ fn reordered_entries_are_detected() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("entry 4"), "{text}");
 }
+
+#[test]
+fn the_example_configs_in_deploy_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let (code, out, err) = run("opsplane-agent", &["check-config", root.join("deploy/agent.toml").to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run("opsplane-collector", &["check-config", root.join("deploy/collector.toml").to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let demo = std::fs::read_to_string(root.join("deploy/demo/flags.json")).unwrap();
+    common::flags::FlagSet::parse(&demo).expect("demo flags are valid");
+}
