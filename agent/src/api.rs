@@ -32,14 +32,21 @@ pub fn router(shared: AppState) -> Router {
         .route("/v1/killswitches/{name}", get(killswitch_one))
         .route("/ofrep/v1/evaluate/flags", post(ofrep_bulk))
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_single))
-        .route_layer(middleware::from_fn_with_state(shared.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(
+            shared.clone(),
+            require_token,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .merge(protected)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
         .method_not_allowed_fallback(|| async {
-            error(StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "method not allowed on this route")
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "method not allowed on this route",
+            )
         })
         .with_state(shared)
 }
@@ -47,8 +54,10 @@ pub fn router(shared: AppState) -> Router {
 fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -69,7 +78,11 @@ async fn require_token(State(s): State<AppState>, req: Request, next: Next) -> R
             .and_then(|v| v.strip_prefix("Bearer "))
             .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()));
         if !given.is_some_and(|g| constant_time_eq(g.trim().as_bytes(), want.as_bytes())) {
-            return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "missing or wrong API token");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "missing or wrong API token",
+            );
         }
     }
     next.run(req).await
@@ -85,8 +98,15 @@ async fn healthz() -> Response {
 
 async fn readyz(State(s): State<AppState>) -> Response {
     match s.snapshot.load().as_ref() {
-        Some(snap) => json_value(StatusCode::OK, &json!({"status": "ready", "revision": snap.revision, "source": snap.source.as_str()})),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", "no flag snapshot yet (collector not reached and no cached copy)"),
+        Some(snap) => json_value(
+            StatusCode::OK,
+            &json!({"status": "ready", "revision": snap.revision, "source": snap.source.as_str()}),
+        ),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NOT_READY",
+            "no flag snapshot yet (collector not reached and no cached copy)",
+        ),
     }
 }
 
@@ -145,12 +165,19 @@ async fn status(State(s): State<AppState>) -> Response {
 }
 
 fn not_ready() -> Response {
-    error(StatusCode::SERVICE_UNAVAILABLE, "NOT_READY", "no flag snapshot yet")
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "NOT_READY",
+        "no flag snapshot yet",
+    )
 }
 
 /// Query parameters become context attributes (strings).
 fn query_context(s: &Shared, q: &HashMap<String, String>) -> EvalContext {
-    let overlay: Map<String, Value> = q.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    let overlay: Map<String, Value> = q
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
     EvalContext::merged(&s.base_ctx, &overlay)
 }
 
@@ -159,15 +186,26 @@ fn local_view(e: &Evaluation<'_>) -> Value {
     if let Some(v) = &e.value {
         m.insert("value".into(), v.as_ref().clone());
     }
-    m.insert("variant".into(), e.variant.map(|v| Value::String(v.into())).unwrap_or(Value::Null));
+    m.insert(
+        "variant".into(),
+        e.variant
+            .map(|v| Value::String(v.into()))
+            .unwrap_or(Value::Null),
+    );
     m.insert("reason".into(), Value::String(e.reason.as_str().into()));
     if let Some(err) = &e.error {
-        m.insert("error".into(), json!({"code": err.code.as_str(), "message": err.message}));
+        m.insert(
+            "error".into(),
+            json!({"code": err.code.as_str(), "message": err.message}),
+        );
     }
     Value::Object(m)
 }
 
-async fn flags_all(State(s): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn flags_all(
+    State(s): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     Metrics::inc(&s.metrics.eval_local);
     let snap = s.snapshot.load_full();
     let Some(snap) = snap else { return not_ready() };
@@ -176,16 +214,27 @@ async fn flags_all(State(s): State<AppState>, Query(q): Query<HashMap<String, St
     for (k, e) in snap.flags.evaluate_all(&ctx) {
         flags.insert(k.to_string(), local_view(&e));
     }
-    json_value(StatusCode::OK, &json!({"revision": snap.revision, "flags": flags}))
+    json_value(
+        StatusCode::OK,
+        &json!({"revision": snap.revision, "flags": flags}),
+    )
 }
 
-async fn flag_one(State(s): State<AppState>, Path(key): Path<String>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn flag_one(
+    State(s): State<AppState>,
+    Path(key): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     Metrics::inc(&s.metrics.eval_local);
     let snap = s.snapshot.load_full();
     let Some(snap) = snap else { return not_ready() };
     let ctx = query_context(&s, &q);
     match snap.flags.evaluate(&key, &ctx) {
-        None => error(StatusCode::NOT_FOUND, "FLAG_NOT_FOUND", format!("flag {key:?} is not defined")),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "FLAG_NOT_FOUND",
+            format!("flag {key:?} is not defined"),
+        ),
         Some(e) => {
             let mut v = local_view(&e);
             v["key"] = Value::String(key);
@@ -206,7 +255,9 @@ fn killswitch_view(s: &Shared, snap: &Snapshot, name: &str) -> Option<Value> {
             "by": k.by,
             "service": k.service,
         })),
-        None if declared => Some(json!({"name": name, "killed": false, "reason": "", "since": null, "by": null, "service": null})),
+        None if declared => Some(
+            json!({"name": name, "killed": false, "reason": "", "since": null, "by": null, "service": null}),
+        ),
         None => None,
     }
 }
@@ -214,7 +265,8 @@ fn killswitch_view(s: &Shared, snap: &Snapshot, name: &str) -> Option<Value> {
 async fn killswitches_all(State(s): State<AppState>) -> Response {
     let snap = s.snapshot.load_full();
     let Some(snap) = snap else { return not_ready() };
-    let mut names: std::collections::BTreeSet<&str> = snap.doc.kill_names_for(&s.identity.service).collect();
+    let mut names: std::collections::BTreeSet<&str> =
+        snap.doc.kill_names_for(&s.identity.service).collect();
     names.extend(s.config.killswitches.iter().map(|k| k.name.as_str()));
     let mut out = Map::new();
     for n in names {
@@ -225,7 +277,10 @@ async fn killswitches_all(State(s): State<AppState>) -> Response {
             out.insert(n.to_string(), v);
         }
     }
-    json_value(StatusCode::OK, &json!({"revision": snap.revision, "killswitches": out}))
+    json_value(
+        StatusCode::OK,
+        &json!({"revision": snap.revision, "killswitches": out}),
+    )
 }
 
 async fn killswitch_one(State(s): State<AppState>, Path(name): Path<String>) -> Response {
@@ -292,27 +347,50 @@ fn ofrep_item<'a>(key: &'a str, e: &'a Evaluation<'a>) -> OfrepItem<'a> {
 
 /// The OFREP request body: missing body, `{}` or a missing `context` are an
 /// empty context (as real SDKs send); anything unparsable is `PARSE_ERROR`.
-fn ofrep_context(s: &Shared, body: &[u8]) -> Result<EvalContext, (StatusCode, &'static str, String)> {
+fn ofrep_context(
+    s: &Shared,
+    body: &[u8],
+) -> Result<EvalContext, (StatusCode, &'static str, String)> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(s.base_ctx.clone());
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| {
-        (StatusCode::BAD_REQUEST, "PARSE_ERROR", format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()))
+        (
+            StatusCode::BAD_REQUEST,
+            "PARSE_ERROR",
+            format!(
+                "invalid JSON at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
+        )
     })?;
     let Value::Object(mut top) = v else {
-        return Err((StatusCode::BAD_REQUEST, "INVALID_CONTEXT", "the request body must be a JSON object".into()));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "INVALID_CONTEXT",
+            "the request body must be a JSON object".into(),
+        ));
     };
     match top.remove("context") {
         None | Some(Value::Null) => Ok(s.base_ctx.clone()),
         Some(Value::Object(ctx)) => {
             if let Some(tk) = ctx.get("targetingKey") {
                 if !tk.is_string() {
-                    return Err((StatusCode::BAD_REQUEST, "INVALID_CONTEXT", "targetingKey must be a string".into()));
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        "INVALID_CONTEXT",
+                        "targetingKey must be a string".into(),
+                    ));
                 }
             }
             Ok(EvalContext::merged(&s.base_ctx, &ctx))
         }
-        Some(_) => Err((StatusCode::BAD_REQUEST, "INVALID_CONTEXT", "context must be a JSON object".into())),
+        Some(_) => Err((
+            StatusCode::BAD_REQUEST,
+            "INVALID_CONTEXT",
+            "context must be a JSON object".into(),
+        )),
     }
 }
 
@@ -332,7 +410,14 @@ async fn ofrep_single(State(s): State<AppState>, Path(key): Path<String>, body: 
         Err(r) => return r,
     };
     let failure = |status: StatusCode, code: &str, details: &str| {
-        json_value(status, &OfrepFailure { key: &key, error_code: code, error_details: details })
+        json_value(
+            status,
+            &OfrepFailure {
+                key: &key,
+                error_code: code,
+                error_details: details,
+            },
+        )
     };
     let ctx = match ofrep_context(&s, &bytes) {
         Ok(c) => c,
@@ -340,13 +425,24 @@ async fn ofrep_single(State(s): State<AppState>, Path(key): Path<String>, body: 
     };
     let snap = s.snapshot.load_full();
     let Some(snap) = snap else {
-        return json_value(StatusCode::SERVICE_UNAVAILABLE, &json!({"errorDetails": "no flag snapshot yet"}));
+        return json_value(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"errorDetails": "no flag snapshot yet"}),
+        );
     };
     match snap.flags.evaluate(&key, &ctx) {
-        None => failure(StatusCode::NOT_FOUND, "FLAG_NOT_FOUND", &format!("flag '{key}' was not found")),
+        None => failure(
+            StatusCode::NOT_FOUND,
+            "FLAG_NOT_FOUND",
+            &format!("flag '{key}' was not found"),
+        ),
         Some(e) => {
             let item = ofrep_item(&key, &e);
-            let status = if matches!(item, OfrepItem::Err(_)) { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+            let status = if matches!(item, OfrepItem::Err(_)) {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
             json_value(status, &item)
         }
     }
@@ -371,11 +467,16 @@ async fn ofrep_bulk(State(s): State<AppState>, headers: HeaderMap, body: Body) -
     };
     let ctx = match ofrep_context(&s, &bytes) {
         Ok(c) => c,
-        Err((st, code, msg)) => return json_value(st, &json!({"errorCode": code, "errorDetails": msg})),
+        Err((st, code, msg)) => {
+            return json_value(st, &json!({"errorCode": code, "errorDetails": msg}))
+        }
     };
     let snap = s.snapshot.load_full();
     let Some(snap) = snap else {
-        return json_value(StatusCode::SERVICE_UNAVAILABLE, &json!({"errorDetails": "no flag snapshot yet"}));
+        return json_value(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"errorDetails": "no flag snapshot yet"}),
+        );
     };
     let evals = snap.flags.evaluate_all(&ctx);
     let items: Vec<OfrepItem<'_>> = evals.iter().map(|(k, e)| ofrep_item(k, e)).collect();
@@ -407,7 +508,10 @@ mod tests {
     #[test]
     fn if_none_match_parsing() {
         let mut h = HeaderMap::new();
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"a\", W/\"b\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"a\", W/\"b\""),
+        );
         assert!(etag_matches(&h, "\"b\""));
         assert!(etag_matches(&h, "\"a\""));
         assert!(!etag_matches(&h, "\"c\""));

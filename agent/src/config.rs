@@ -2,7 +2,9 @@
 //! file, line and key before anything starts. Commands (`on_kill`,
 //! `on_revive`) are only ever read from here, never from the collector.
 
-use common::config::{env_override, ByteSize, ConfigError, ConfigErrors, ConfigSource, HumanDuration};
+use common::config::{
+    env_override, ByteSize, ConfigError, ConfigErrors, ConfigSource, HumanDuration,
+};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -144,7 +146,8 @@ pub struct Killswitch {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
 }
 
 fn read_secret(path: &Path) -> Result<String, String> {
@@ -166,7 +169,10 @@ impl Config {
             errs.push(src.error("service", "required: 1-64 letters, digits, '-', '_', '.'"));
         }
         if !valid_name(&f.environment) {
-            errs.push(src.error("environment", "required: 1-64 letters, digits, '-', '_', '.'"));
+            errs.push(src.error(
+                "environment",
+                "required: 1-64 letters, digits, '-', '_', '.'",
+            ));
         }
         let host = hostname();
         let instance = env_override(ENV_INSTANCE)
@@ -180,12 +186,18 @@ impl Config {
             .or(f.api.listen.clone())
             .unwrap_or_else(|| DEFAULT_API_LISTEN.into());
         let api_listen = listen_raw.parse().unwrap_or_else(|_| {
-            errs.push(src.error("api.listen", format!("invalid address {listen_raw:?} (expected IP:PORT)")));
+            errs.push(src.error(
+                "api.listen",
+                format!("invalid address {listen_raw:?} (expected IP:PORT)"),
+            ));
             DEFAULT_API_LISTEN.parse().expect("default")
         });
         let api_token = match (&f.api.token, &f.api.token_file) {
             (Some(_), Some(_)) => {
-                errs.push(src.error("api.token_file", "give api.token or api.token_file, not both"));
+                errs.push(src.error(
+                    "api.token_file",
+                    "give api.token or api.token_file, not both",
+                ));
                 None
             }
             (Some(t), None) => Some(t.clone()),
@@ -199,20 +211,30 @@ impl Config {
             Some(c) => {
                 let url = env_override(ENV_COLLECTOR_URL).or(c.url.clone());
                 let url = match url {
-                    Some(u) if u.starts_with("http://") || u.starts_with("https://") => Some(u.trim_end_matches('/').to_string()),
+                    Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                        Some(u.trim_end_matches('/').to_string())
+                    }
                     Some(u) => {
-                        errs.push(src.error("collector.url", format!("{u:?} is not an http:// or https:// URL")));
+                        errs.push(src.error(
+                            "collector.url",
+                            format!("{u:?} is not an http:// or https:// URL"),
+                        ));
                         None
                     }
                     None => {
-                        errs.push(src.error("collector.url", "required when [collector] is present"));
+                        errs.push(
+                            src.error("collector.url", "required when [collector] is present"),
+                        );
                         None
                     }
                 };
                 let enroll_token = match (env_override(ENV_ENROLL_TOKEN), &c.token, &c.token_file) {
                     (Some(t), _, _) => Some(t),
                     (None, Some(_), Some(_)) => {
-                        errs.push(src.error("collector.token_file", "give collector.token or collector.token_file, not both"));
+                        errs.push(src.error(
+                            "collector.token_file",
+                            "give collector.token or collector.token_file, not both",
+                        ));
                         None
                     }
                     (None, Some(t), None) => Some(t.clone()),
@@ -220,7 +242,10 @@ impl Config {
                     (None, None, Some(p)) => read_secret(p).ok(),
                     (None, None, None) => None,
                 };
-                let hb = c.heartbeat_interval.map(|d| d.0).unwrap_or(Duration::from_secs(10));
+                let hb = c
+                    .heartbeat_interval
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(10));
                 if hb < Duration::from_secs(1) {
                     errs.push(src.error("collector.heartbeat_interval", "must be at least 1s"));
                 }
@@ -235,7 +260,12 @@ impl Config {
             let listen_raw = env_override(ENV_PROXY_LISTEN).unwrap_or_else(|| p.listen.clone());
             let listen = listen_raw
                 .parse()
-                .map_err(|_| errs.push(src.error("proxy.listen", format!("invalid address {listen_raw:?} (expected IP:PORT)"))))
+                .map_err(|_| {
+                    errs.push(src.error(
+                        "proxy.listen",
+                        format!("invalid address {listen_raw:?} (expected IP:PORT)"),
+                    ))
+                })
                 .ok();
             let upstream = p
                 .upstream
@@ -243,12 +273,18 @@ impl Config {
                 .ok()
                 .filter(|u| u.scheme_str() == Some("http") && u.authority().is_some());
             if upstream.is_none() {
-                errs.push(src.error("proxy.upstream", format!("{:?} is not an http://host:port URL", p.upstream)));
+                errs.push(src.error(
+                    "proxy.upstream",
+                    format!("{:?} is not an http://host:port URL", p.upstream),
+                ));
             }
             Some(Proxy {
                 listen: listen?,
                 upstream: upstream?,
-                upstream_timeout: p.upstream_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(60)),
+                upstream_timeout: p
+                    .upstream_timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(60)),
             })
         });
         let mut killswitches = Vec::new();
@@ -258,7 +294,10 @@ impl Config {
             if !valid_name(&k.name) {
                 errs.push(src.error(&key("name"), "1-64 letters, digits, '-', '_', '.'"));
             } else if !seen.insert(k.name.clone()) {
-                errs.push(src.error(&key("name"), format!("kill switch {:?} declared twice", k.name)));
+                errs.push(src.error(
+                    &key("name"),
+                    format!("kill switch {:?} declared twice", k.name),
+                ));
             }
             let status = http::StatusCode::from_u16(k.status.unwrap_or(503))
                 .ok()
@@ -279,7 +318,10 @@ impl Config {
                     },
                 };
                 if !b.path_prefix.starts_with('/') {
-                    errs.push(src.error(&key("block"), format!("path_prefix {:?} must start with '/'", b.path_prefix)));
+                    errs.push(src.error(
+                        &key("block"),
+                        format!("path_prefix {:?} must start with '/'", b.path_prefix),
+                    ));
                 }
                 blocks.push((method, b.path_prefix.clone()));
             }
@@ -298,14 +340,23 @@ impl Config {
                 blocks,
                 status: status.unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE),
                 retry_after: k.retry_after.map(|d| d.0),
-                body: k.body.clone().unwrap_or_else(|| format!("{} is switched off", k.name)),
+                body: k
+                    .body
+                    .clone()
+                    .unwrap_or_else(|| format!("{} is switched off", k.name)),
                 on_kill: k.on_kill.clone(),
                 on_revive: k.on_revive.clone(),
-                hook_timeout: k.hook_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(30)),
+                hook_timeout: k
+                    .hook_timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(30)),
             });
         }
         if f.collector.is_none() && f.flags.file.is_none() {
-            errs.push(src.error("flags.file", "without a [collector] section the agent needs a local flag file"));
+            errs.push(src.error(
+                "flags.file",
+                "without a [collector] section the agent needs a local flag file",
+            ));
         }
         if errs.is_empty() {
             Ok(Config {
@@ -320,7 +371,11 @@ impl Config {
                 max_body_bytes: f.api.max_body.map(|b| b.0 as usize).unwrap_or(1_000_000),
                 collector,
                 flags_file: f.flags.file,
-                flags_poll: f.flags.poll_interval.map(|d| d.0).unwrap_or(Duration::from_secs(1)),
+                flags_poll: f
+                    .flags
+                    .poll_interval
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(1)),
                 proxy,
                 killswitches,
             })
@@ -354,7 +409,9 @@ mod tests {
 
     #[test]
     fn minimal_standalone() {
-        let c = load("service = \"web\"\nenvironment = \"prod\"\n[flags]\nfile = \"/tmp/f.json\"\n").unwrap();
+        let c =
+            load("service = \"web\"\nenvironment = \"prod\"\n[flags]\nfile = \"/tmp/f.json\"\n")
+                .unwrap();
         assert_eq!(c.api_listen.to_string(), DEFAULT_API_LISTEN);
         assert!(c.collector.is_none());
     }

@@ -19,9 +19,16 @@ fn stamp(path: &PathBuf) -> Option<Stamp> {
 
 /// Loads the file once; returns whether a snapshot was applied.
 pub fn load(shared: &Shared, path: &PathBuf, revision: u64) -> Result<u64, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let flags: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{}:{}:{}: invalid JSON: {e}", path.display(), e.line(), e.column()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let flags: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}:{}:{}: invalid JSON: {e}",
+            path.display(),
+            e.line(),
+            e.column()
+        )
+    })?;
     let rev = Revision {
         revision,
         environment: shared.identity.environment.clone(),
@@ -37,7 +44,12 @@ pub fn load(shared: &Shared, path: &PathBuf, revision: u64) -> Result<u64, Strin
 
 pub async fn watch(shared: Arc<Shared>, path: PathBuf, shutdown: CancellationToken) {
     let mut last = stamp(&path);
-    let mut revision = shared.snapshot.load().as_ref().map(|s| s.revision).unwrap_or(0);
+    let mut revision = shared
+        .snapshot
+        .load()
+        .as_ref()
+        .map(|s| s.revision)
+        .unwrap_or(0);
     let mut tick = tokio::time::interval(shared.config.flags_poll);
     loop {
         tokio::select! {
@@ -59,7 +71,9 @@ pub async fn watch(shared: Arc<Shared>, path: PathBuf, shutdown: CancellationTok
                 revision = n;
                 tracing::info!(path = %path.display(), revision = n, "flag file reloaded");
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "flag file rejected; the previous flags stay in force"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "flag file rejected; the previous flags stay in force")
+            }
             Err(e) => tracing::error!(error = %e, "flag file loader failed"),
         }
     }

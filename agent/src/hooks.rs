@@ -73,7 +73,10 @@ async fn run_one(k: &Killswitch, killed: bool, cmd: &[String], metrics: &Metrics
     let mut c = tokio::process::Command::new(&cmd[0]);
     c.args(&cmd[1..])
         .env("OPSPLANE_KILLSWITCH", &k.name)
-        .env("OPSPLANE_KILLSWITCH_STATE", if killed { "killed" } else { "alive" })
+        .env(
+            "OPSPLANE_KILLSWITCH_STATE",
+            if killed { "killed" } else { "alive" },
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

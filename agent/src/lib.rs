@@ -51,7 +51,9 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
             if let Some(f) = &config.flags_file {
                 // no snapshot yet: a local file bootstraps until the collector answers
                 match flagfile::load(&shared, f, 0) {
-                    Ok(_) => tracing::info!(path = %f.display(), "serving the local flag file until the collector answers"),
+                    Ok(_) => {
+                        tracing::info!(path = %f.display(), "serving the local flag file until the collector answers")
+                    }
                     Err(e) => tracing::warn!(error = %e, "flag file not loaded"),
                 }
             }
@@ -108,7 +110,9 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
         let killed_rx = shared.killed_tx.subscribe();
         let token = shutdown.clone();
         tracker.spawn(async move {
-            if let Err(e) = proxy::serve(listener, settings, Arc::new(rules), killed_rx, pm, token).await {
+            if let Err(e) =
+                proxy::serve(listener, settings, Arc::new(rules), killed_rx, pm, token).await
+            {
                 tracing::error!(error = %e, "proxy stopped");
             }
         });
@@ -140,7 +144,10 @@ impl Running {
     pub async fn wait(self) {
         self.shutdown.cancelled().await;
         self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("tasks still running after the grace period; exiting anyway");
         }
         tracing::info!("agent stopped");

@@ -74,36 +74,94 @@ pub fn render(shared: &Shared) -> String {
             .get_or_create(&vec![("api".into(), api.into())])
             .inc_by(c.load(Ordering::Relaxed));
     }
-    reg.register("flag_evaluation_requests", "Flag evaluation requests served", evals);
+    reg.register(
+        "flag_evaluation_requests",
+        "Flag evaluation requests served",
+        evals,
+    );
 
     let snap = shared.snapshot.load();
-    gauge(&mut reg, "flag_revision", "Revision of the flag snapshot in force (-1: none)", snap.as_ref().map(|s| s.revision as i64).unwrap_or(-1));
-    gauge(&mut reg, "flag_snapshot_age_seconds", "Seconds since the snapshot in force was last confirmed by its source", snap.as_ref().map(|s| shared.snapshot_age_s(s) as i64).unwrap_or(-1));
-    gauge(&mut reg, "flags", "Flags in the snapshot in force", snap.as_ref().map(|s| s.flags.len() as i64).unwrap_or(0));
+    gauge(
+        &mut reg,
+        "flag_revision",
+        "Revision of the flag snapshot in force (-1: none)",
+        snap.as_ref().map(|s| s.revision as i64).unwrap_or(-1),
+    );
+    gauge(
+        &mut reg,
+        "flag_snapshot_age_seconds",
+        "Seconds since the snapshot in force was last confirmed by its source",
+        snap.as_ref()
+            .map(|s| shared.snapshot_age_s(s) as i64)
+            .unwrap_or(-1),
+    );
+    gauge(
+        &mut reg,
+        "flags",
+        "Flags in the snapshot in force",
+        snap.as_ref().map(|s| s.flags.len() as i64).unwrap_or(0),
+    );
     let cs = shared.collector_status();
-    gauge(&mut reg, "collector_connected", "1 while the revision stream to the collector is open", cs.connected as i64);
-    counter(&mut reg, "revisions_applied", "Revisions applied", m.revisions_applied.load(Ordering::Relaxed));
-    counter(&mut reg, "revisions_rejected", "Revisions rejected as invalid", m.revisions_rejected.load(Ordering::Relaxed));
-    counter(&mut reg, "stream_connects", "Revision stream connections opened", m.stream_connects.load(Ordering::Relaxed));
+    gauge(
+        &mut reg,
+        "collector_connected",
+        "1 while the revision stream to the collector is open",
+        cs.connected as i64,
+    );
+    counter(
+        &mut reg,
+        "revisions_applied",
+        "Revisions applied",
+        m.revisions_applied.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut reg,
+        "revisions_rejected",
+        "Revisions rejected as invalid",
+        m.revisions_rejected.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut reg,
+        "stream_connects",
+        "Revision stream connections opened",
+        m.stream_connects.load(Ordering::Relaxed),
+    );
 
     let hooks = Family::<Labels, Counter>::default();
     for ((hook, result), n) in m.hook_runs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         hooks
-            .get_or_create(&vec![("hook".into(), (*hook).into()), ("result".into(), (*result).into())])
+            .get_or_create(&vec![
+                ("hook".into(), (*hook).into()),
+                ("result".into(), (*result).into()),
+            ])
             .inc_by(*n);
     }
     reg.register("hook_runs", "Kill-switch hook runs by result", hooks);
 
     if let Some(p) = &shared.proxy_metrics {
-        counter(&mut reg, "proxy_requests", "Requests received by the proxy", p.requests_total.load(Ordering::Relaxed));
-        counter(&mut reg, "proxy_upstream_errors", "Proxy requests that failed upstream", p.upstream_errors_total.load(Ordering::Relaxed));
+        counter(
+            &mut reg,
+            "proxy_requests",
+            "Requests received by the proxy",
+            p.requests_total.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut reg,
+            "proxy_upstream_errors",
+            "Proxy requests that failed upstream",
+            p.upstream_errors_total.load(Ordering::Relaxed),
+        );
         let blocked = Family::<Labels, Counter>::default();
         for k in &shared.config.killswitches {
             blocked
                 .get_or_create(&vec![("killswitch".into(), k.name.clone())])
                 .inc_by(p.blocked_for(&k.name));
         }
-        reg.register("proxy_blocked", "Proxy requests answered by a kill switch", blocked);
+        reg.register(
+            "proxy_blocked",
+            "Proxy requests answered by a kill switch",
+            blocked,
+        );
     }
     let mut out = String::new();
     let _ = encode(&mut out, &reg);

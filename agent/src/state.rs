@@ -76,7 +76,10 @@ pub struct Rejected {
 }
 
 impl Shared {
-    pub fn new(config: Arc<Config>, proxy_metrics: Option<Arc<crate::proxy::ProxyMetrics>>) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        proxy_metrics: Option<Arc<crate::proxy::ProxyMetrics>>,
+    ) -> Self {
         let identity = AgentIdentity {
             service: config.service.clone(),
             environment: config.environment.clone(),
@@ -111,7 +114,12 @@ impl Shared {
 
     /// Compiles and installs `rev` as a whole, or leaves the snapshot in force
     /// untouched. The proxy and the hook runner see the new kill states at once.
-    pub fn apply(&self, rev: Revision, source: Source, received_ms: i64) -> Result<Arc<Snapshot>, Rejected> {
+    pub fn apply(
+        &self,
+        rev: Revision,
+        source: Source,
+        received_ms: i64,
+    ) -> Result<Arc<Snapshot>, Rejected> {
         let flags = FlagSet::from_value(&rev.flags).map_err(|e| {
             Metrics::inc(&self.metrics.revisions_rejected);
             Rejected {
@@ -155,7 +163,10 @@ impl Shared {
     }
 
     pub fn collector_status(&self) -> CollectorStatus {
-        self.collector.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.collector
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn update_collector(&self, f: impl FnOnce(&mut CollectorStatus)) {
@@ -169,7 +180,9 @@ impl Shared {
         let confirmed = match snap.source {
             Source::Collector => {
                 let c = self.collector_status();
-                c.last_contact_ms.unwrap_or(snap.received_ms).max(snap.received_ms)
+                c.last_contact_ms
+                    .unwrap_or(snap.received_ms)
+                    .max(snap.received_ms)
             }
             Source::Cache | Source::File => snap.received_ms,
         };

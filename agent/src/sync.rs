@@ -68,7 +68,11 @@ struct Ctx {
 }
 
 /// Runs until shutdown. Spawns the heartbeat and the persist-then-ack loops.
-pub async fn run(shared: Arc<Shared>, tracker: tokio_util::task::TaskTracker, shutdown: CancellationToken) {
+pub async fn run(
+    shared: Arc<Shared>,
+    tracker: tokio_util::task::TaskTracker,
+    shutdown: CancellationToken,
+) {
     let Some(cfg) = shared.config.collector.clone() else {
         return;
     };
@@ -86,7 +90,8 @@ pub async fn run(shared: Arc<Shared>, tracker: tokio_util::task::TaskTracker, sh
         .build()
         .expect("http client");
     let cred_path = shared.config.data_dir.join(disk::CREDENTIAL_FILE);
-    let stored: Option<Credential> = disk::read_json(&cred_path).filter(|c: &Credential| c.collector_url == cfg.url);
+    let stored: Option<Credential> =
+        disk::read_json(&cred_path).filter(|c: &Credential| c.collector_url == cfg.url);
     if let Some(c) = &stored {
         shared.update_collector(|s| s.agent_id = Some(c.agent_id.clone()));
     }
@@ -100,7 +105,11 @@ pub async fn run(shared: Arc<Shared>, tracker: tokio_util::task::TaskTracker, sh
         shutdown: shutdown.clone(),
     });
     let (persist_tx, persist_rx) = watch::channel::<Option<Arc<Snapshot>>>(None);
-    tracker.spawn(heartbeats(ctx.clone(), cred_rx.clone(), cfg.heartbeat_interval));
+    tracker.spawn(heartbeats(
+        ctx.clone(),
+        cred_rx.clone(),
+        cfg.heartbeat_interval,
+    ));
     tracker.spawn(persist_and_ack(ctx.clone(), persist_rx, cred_rx));
 
     let mut backoff = Backoff::new();
@@ -114,7 +123,8 @@ pub async fn run(shared: Arc<Shared>, tracker: tokio_util::task::TaskTracker, sh
             None => match enroll(&ctx, cfg.enroll_token.as_deref()).await {
                 Ok(c) => c,
                 Err(e) => {
-                    ctx.shared.update_collector(|s| s.last_error = Some(e.clone()));
+                    ctx.shared
+                        .update_collector(|s| s.last_error = Some(e.clone()));
                     tracing::warn!(error = %e, "enrollment failed");
                     if !sleep_or_shutdown(backoff.next_delay(), &shutdown).await {
                         return;
@@ -187,7 +197,10 @@ async fn enroll(ctx: &Ctx, token: Option<&str>) -> Result<Credential, String> {
         let (status, code, msg) = error_code(resp).await;
         return Err(format!("enrollment refused ({status} {code}): {msg}"));
     }
-    let r: EnrollResponse = resp.json().await.map_err(|e| format!("bad enrollment answer: {e}"))?;
+    let r: EnrollResponse = resp
+        .json()
+        .await
+        .map_err(|e| format!("bad enrollment answer: {e}"))?;
     let cred = Credential {
         agent_id: r.agent_id,
         credential: r.credential,
@@ -200,7 +213,8 @@ async fn enroll(ctx: &Ctx, token: Option<&str>) -> Result<Credential, String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot store the agent credential: {e}"))?;
     tracing::info!(agent = %cred.agent_id, "enrolled with the collector");
-    ctx.shared.update_collector(|s| s.agent_id = Some(cred.agent_id.clone()));
+    ctx.shared
+        .update_collector(|s| s.agent_id = Some(cred.agent_id.clone()));
     ctx.cred_tx.send_replace(Some(cred.clone()));
     Ok(cred)
 }
@@ -280,7 +294,9 @@ async fn stream_once(
                             tracing::info!(revision = n, killed = ?snap.killed, flags = snap.flags.len(), "revision applied");
                             persist_tx.send_replace(Some(snap));
                         }
-                        Err(e) => tracing::error!(error = %e, "revision rejected; the previous one stays in force"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "revision rejected; the previous one stays in force")
+                        }
                     }
                 }
                 Ok(StreamEvent::Ping { latest }) => {
@@ -318,7 +334,9 @@ async fn persist_and_ack(
             r = rx.changed() => if r.is_err() { return },
             _ = ctx.shutdown.cancelled() => return,
         }
-        let Some(snap) = rx.borrow_and_update().clone() else { continue };
+        let Some(snap) = rx.borrow_and_update().clone() else {
+            continue;
+        };
         let stored = StoredSnapshot {
             revision: snap.doc.clone(),
             received_ms: snap.received_ms,
@@ -326,7 +344,9 @@ async fn persist_and_ack(
         let p = path.clone();
         match tokio::task::spawn_blocking(move || disk::write_json(&p, &stored, 0o600)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, path = %path.display(), "cannot write the last-known-good snapshot"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, path = %path.display(), "cannot write the last-known-good snapshot")
+            }
             Err(e) => tracing::error!(error = %e, "snapshot writer failed"),
         }
         let cred = cred_rx.borrow().clone();
@@ -335,19 +355,31 @@ async fn persist_and_ack(
                 .http
                 .post(format!("{}{}", ctx.url, wire::PATH_ACK))
                 .bearer_auth(&c.credential)
-                .json(&Ack { revision: snap.revision })
+                .json(&Ack {
+                    revision: snap.revision,
+                })
                 .send()
                 .await;
             match r {
                 Ok(resp) if resp.status().is_success() => {}
-                Ok(resp) => tracing::warn!(status = resp.status().as_u16(), revision = snap.revision, "acknowledgement refused; the next heartbeat carries it"),
-                Err(e) => tracing::warn!(error = %e, revision = snap.revision, "acknowledgement failed; the next heartbeat carries it"),
+                Ok(resp) => tracing::warn!(
+                    status = resp.status().as_u16(),
+                    revision = snap.revision,
+                    "acknowledgement refused; the next heartbeat carries it"
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, revision = snap.revision, "acknowledgement failed; the next heartbeat carries it")
+                }
             }
         }
     }
 }
 
-async fn heartbeats(ctx: Arc<Ctx>, mut cred_rx: watch::Receiver<Option<Credential>>, every: Duration) {
+async fn heartbeats(
+    ctx: Arc<Ctx>,
+    mut cred_rx: watch::Receiver<Option<Credential>>,
+    every: Duration,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -357,17 +389,32 @@ async fn heartbeats(ctx: Arc<Ctx>, mut cred_rx: watch::Receiver<Option<Credentia
             r = cred_rx.changed() => if r.is_err() { return },
             _ = ctx.shutdown.cancelled() => return,
         }
-        let Some(cred) = cred_rx.borrow_and_update().clone() else { continue };
+        let Some(cred) = cred_rx.borrow_and_update().clone() else {
+            continue;
+        };
         if ctx.shared.collector_status().revoked {
             return;
         }
         let snap = ctx.shared.snapshot.load();
         let hb = Heartbeat {
             identity: ctx.shared.identity.clone(),
-            revision: snap.as_ref().filter(|s| s.source != Source::File).map(|s| s.revision),
-            killswitches: ctx.shared.config.killswitches.iter().map(|k| k.name.clone()).collect(),
+            revision: snap
+                .as_ref()
+                .filter(|s| s.source != Source::File)
+                .map(|s| s.revision),
+            killswitches: ctx
+                .shared
+                .config
+                .killswitches
+                .iter()
+                .map(|k| k.name.clone())
+                .collect(),
             uptime_s: ctx.shared.started.elapsed().as_secs(),
-            flag_source: snap.as_ref().map(|s| s.source.as_str()).unwrap_or("none").into(),
+            flag_source: snap
+                .as_ref()
+                .map(|s| s.source.as_str())
+                .unwrap_or("none")
+                .into(),
         };
         let r = ctx
             .http
@@ -379,7 +426,8 @@ async fn heartbeats(ctx: Arc<Ctx>, mut cred_rx: watch::Receiver<Option<Credentia
         match r {
             Ok(resp) if resp.status().is_success() => {
                 let now = common::time::now_ms();
-                ctx.shared.update_collector(|s| s.last_contact_ms = Some(now));
+                ctx.shared
+                    .update_collector(|s| s.last_contact_ms = Some(now));
             }
             Ok(resp) => {
                 let (status, code, msg) = error_code(resp).await;
@@ -401,7 +449,10 @@ pub fn load_cached(shared: &Shared) -> Option<u64> {
     let n = stored.revision.revision;
     match shared.apply(stored.revision, Source::Cache, stored.received_ms) {
         Ok(_) => {
-            tracing::info!(revision = n, "serving the last-known-good snapshot until the collector answers");
+            tracing::info!(
+                revision = n,
+                "serving the last-known-good snapshot until the collector answers"
+            );
             Some(n)
         }
         Err(e) => {

@@ -30,11 +30,17 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/agents/enroll-tokens", post(enroll_token_create))
         .route("/agents/{id}/revoke", post(agent_revoke))
         .route("/flags", get(flags_get_all))
-        .route("/flags/apply", post(flags_apply).layer(axum::Extension(BodyLimit(crate::api::MAX_DEFINITION_BYTES))))
+        .route(
+            "/flags/apply",
+            post(flags_apply).layer(axum::Extension(BodyLimit(crate::api::MAX_DEFINITION_BYTES))),
+        )
         .route("/flags/{key}", get(flag_get).post(flag_set))
         .route("/revisions", get(revisions_list))
         .route("/revisions/{revision}", get(revision_get))
-        .route("/killswitches", get(killswitches_list).post(killswitch_create))
+        .route(
+            "/killswitches",
+            get(killswitches_list).post(killswitch_create),
+        )
         .route("/killswitches/{name}/kill", post(kill))
         .route("/killswitches/{name}/revive", post(revive))
         .route("/audit", get(audit_list))
@@ -55,8 +61,10 @@ pub fn router(ctx: Ctx) -> Router {
 
 async fn no_store(req: Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     resp
 }
 
@@ -100,7 +108,9 @@ impl FromRequestParts<Ctx> for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|s| s.trim().to_string())
-            .ok_or_else(|| ApiError::unauthorized("missing API token (Authorization: Bearer opsp_...)"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("missing API token (Authorization: Bearer opsp_...)")
+            })?;
         let found = ctx
             .store
             .read(move |c| store::tokens::authenticate_api_token(c, &token))
@@ -118,7 +128,11 @@ impl FromRequestParts<Ctx> for Caller {
 
 fn require_reason(reason: &str) -> ApiResult<()> {
     if reason.trim().is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "REASON_REQUIRED", "a reason is required for this change"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "REASON_REQUIRED",
+            "a reason is required for this change",
+        ));
     }
     Ok(())
 }
@@ -165,7 +179,11 @@ pub fn agent_state(ctx: &Ctx, row: &AgentRow, now_ms: i64) -> &'static str {
     }
 }
 
-async fn agents_list(State(ctx): State<Ctx>, caller: Caller, Query(f): Query<AgentFilter>) -> ApiResult<Response> {
+async fn agents_list(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Query(f): Query<AgentFilter>,
+) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let rows = ctx
         .store
@@ -190,14 +208,23 @@ struct EnrollTokenReq {
     expires: Option<String>,
 }
 
-async fn enroll_token_create(State(ctx): State<Ctx>, caller: Caller, Json(r): Json<EnrollTokenReq>) -> ApiResult<Response> {
+async fn enroll_token_create(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Json(r): Json<EnrollTokenReq>,
+) -> ApiResult<Response> {
     let actor = caller.require(Role::Operator)?.clone();
-    let expires = crate::auth::expiry_ms(Some(r.expires.as_deref().unwrap_or("24h"))).map_err(ApiError::bad_request)?;
+    let expires = crate::auth::expiry_ms(Some(r.expires.as_deref().unwrap_or("24h")))
+        .map_err(ApiError::bad_request)?;
     let (t, secret) = ctx
         .store
-        .write(move |tx| store::tokens::create_enroll_token(tx, &actor, &r.environment, &r.service, expires))
+        .write(move |tx| {
+            store::tokens::create_enroll_token(tx, &actor, &r.environment, &r.service, expires)
+        })
         .await?;
-    Ok(ok(&json!({"id": t.id, "environment": t.environment, "service": t.service, "expires": t.expires, "token": secret})))
+    Ok(ok(
+        &json!({"id": t.id, "environment": t.environment, "service": t.service, "expires": t.expires, "token": secret}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -206,7 +233,12 @@ struct ReasonReq {
     reason: String,
 }
 
-async fn agent_revoke(State(ctx): State<Ctx>, caller: Caller, Path(id): Path<String>, Json(r): Json<ReasonReq>) -> ApiResult<Response> {
+async fn agent_revoke(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(r): Json<ReasonReq>,
+) -> ApiResult<Response> {
     let actor = caller.require(Role::Operator)?.clone();
     let id2 = id.clone();
     ctx.store
@@ -223,26 +255,54 @@ struct EnvQuery {
     environment: String,
 }
 
-async fn flags_get_all(State(ctx): State<Ctx>, caller: Caller, Query(q): Query<EnvQuery>) -> ApiResult<Response> {
+async fn flags_get_all(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Query(q): Query<EnvQuery>,
+) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let env = q.environment.clone();
-    let latest = ctx.store.read(move |c| store::flags::latest(c, &env)).await?;
+    let latest = ctx
+        .store
+        .read(move |c| store::flags::latest(c, &env))
+        .await?;
     let (revision, definition) = match latest {
         Some(r) => (Some(r.revision), r.flags),
         None => (None, store::flags::empty_definition()),
     };
-    Ok(ok(&json!({"environment": q.environment, "revision": revision, "definition": definition})))
+    Ok(ok(
+        &json!({"environment": q.environment, "revision": revision, "definition": definition}),
+    ))
 }
 
-async fn flag_get(State(ctx): State<Ctx>, caller: Caller, Path(key): Path<String>, Query(q): Query<EnvQuery>) -> ApiResult<Response> {
+async fn flag_get(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Path(key): Path<String>,
+    Query(q): Query<EnvQuery>,
+) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let env = q.environment.clone();
-    let latest = ctx.store.read(move |c| store::flags::latest(c, &env)).await?;
+    let latest = ctx
+        .store
+        .read(move |c| store::flags::latest(c, &env))
+        .await?;
     let flag = latest
         .as_ref()
         .and_then(|r| r.flags.get("flags").and_then(|f| f.get(&key)).cloned())
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "FLAG_NOT_FOUND", format!("flag {key:?} is not defined in environment {:?}", q.environment)))?;
-    Ok(ok(&json!({"key": key, "environment": q.environment, "revision": latest.map(|r| r.revision), "flag": flag})))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "FLAG_NOT_FOUND",
+                format!(
+                    "flag {key:?} is not defined in environment {:?}",
+                    q.environment
+                ),
+            )
+        })?;
+    Ok(ok(
+        &json!({"key": key, "environment": q.environment, "revision": latest.map(|r| r.revision), "flag": flag}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -255,7 +315,11 @@ struct ApplyReq {
     dry_run: bool,
 }
 
-async fn flags_apply(State(ctx): State<Ctx>, caller: Caller, Json(r): Json<ApplyReq>) -> ApiResult<Response> {
+async fn flags_apply(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Json(r): Json<ApplyReq>,
+) -> ApiResult<Response> {
     let actor = caller.require(Role::Operator)?.clone();
     if !r.dry_run {
         require_reason(&r.reason)?;
@@ -264,7 +328,16 @@ async fn flags_apply(State(ctx): State<Ctx>, caller: Caller, Json(r): Json<Apply
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_DEFINITION", e.to_string()))?;
     let (change, rev) = ctx
         .store
-        .write(move |tx| store::flags::apply(tx, &actor, &r.environment, r.definition, &r.reason, r.dry_run))
+        .write(move |tx| {
+            store::flags::apply(
+                tx,
+                &actor,
+                &r.environment,
+                r.definition,
+                &r.reason,
+                r.dry_run,
+            )
+        })
         .await?;
     publish(&ctx, rev);
     Ok(ok(&change_view(change)))
@@ -289,7 +362,12 @@ struct FlagSetReq {
     reason: String,
 }
 
-async fn flag_set(State(ctx): State<Ctx>, caller: Caller, Path(key): Path<String>, Json(r): Json<FlagSetReq>) -> ApiResult<Response> {
+async fn flag_set(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Path(key): Path<String>,
+    Json(r): Json<FlagSetReq>,
+) -> ApiResult<Response> {
     let actor = caller.require(Role::Operator)?.clone();
     require_reason(&r.reason)?;
     if r.state.is_none() && r.default_variant.is_none() {
@@ -298,7 +376,15 @@ async fn flag_set(State(ctx): State<Ctx>, caller: Caller, Path(key): Path<String
     let (change, rev) = ctx
         .store
         .write(move |tx| {
-            store::flags::set(tx, &actor, &r.environment, &key, r.state.as_deref(), r.default_variant.as_deref(), &r.reason)
+            store::flags::set(
+                tx,
+                &actor,
+                &r.environment,
+                &key,
+                r.state.as_deref(),
+                r.default_variant.as_deref(),
+                &r.reason,
+            )
         })
         .await?;
     publish(&ctx, rev);
@@ -311,14 +397,25 @@ struct HistoryQuery {
     limit: Option<usize>,
 }
 
-async fn revisions_list(State(ctx): State<Ctx>, caller: Caller, Query(q): Query<HistoryQuery>) -> ApiResult<Response> {
+async fn revisions_list(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let h = ctx.store.read(move |c| store::flags::history(c, &q.environment, limit)).await?;
+    let h = ctx
+        .store
+        .read(move |c| store::flags::history(c, &q.environment, limit))
+        .await?;
     Ok(ok(&json!({ "revisions": h })))
 }
 
-async fn revision_get(State(ctx): State<Ctx>, caller: Caller, Path(n): Path<u64>) -> ApiResult<Response> {
+async fn revision_get(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Path(n): Path<u64>,
+) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let r = ctx
         .store
@@ -370,15 +467,26 @@ pub async fn killswitch_views(ctx: &Ctx, environment: &str) -> ApiResult<Vec<Kil
     for (name, k) in known {
         let states: Vec<_> = latest
             .as_ref()
-            .map(|r| r.killswitches.iter().filter(|s| s.name == name).cloned().collect())
+            .map(|r| {
+                r.killswitches
+                    .iter()
+                    .filter(|s| s.name == name)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
-        let scopes: Vec<Option<common::wire::KillState>> =
-            if states.is_empty() { vec![None] } else { states.into_iter().map(Some).collect() };
+        let scopes: Vec<Option<common::wire::KillState>> = if states.is_empty() {
+            vec![None]
+        } else {
+            states.into_iter().map(Some).collect()
+        };
         for st in scopes {
             let service = st.as_ref().and_then(|s| s.service.clone());
-            let rev = st
-                .as_ref()
-                .and_then(|s| state_revs.get(&(s.service.clone().unwrap_or_default(), name.clone())).copied());
+            let rev = st.as_ref().and_then(|s| {
+                state_revs
+                    .get(&(s.service.clone().unwrap_or_default(), name.clone()))
+                    .copied()
+            });
             let scoped: Vec<&&AgentRow> = live
                 .iter()
                 .filter(|a| service.as_deref().is_none_or(|s| s == a.service))
@@ -410,10 +518,16 @@ pub async fn killswitch_views(ctx: &Ctx, environment: &str) -> ApiResult<Vec<Kil
     Ok(out)
 }
 
-async fn killswitches_list(State(ctx): State<Ctx>, caller: Caller, Query(q): Query<EnvQuery>) -> ApiResult<Response> {
+async fn killswitches_list(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Query(q): Query<EnvQuery>,
+) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let views = killswitch_views(&ctx, &q.environment).await?;
-    Ok(ok(&json!({"environment": q.environment, "killswitches": views})))
+    Ok(ok(
+        &json!({"environment": q.environment, "killswitches": views}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -423,7 +537,11 @@ struct CreateSwitchReq {
     description: String,
 }
 
-async fn killswitch_create(State(ctx): State<Ctx>, caller: Caller, Json(r): Json<CreateSwitchReq>) -> ApiResult<Response> {
+async fn killswitch_create(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Json(r): Json<CreateSwitchReq>,
+) -> ApiResult<Response> {
     let actor = caller.require(Role::Operator)?.clone();
     let name = r.name.clone();
     ctx.store
@@ -440,11 +558,21 @@ struct KillReq {
     reason: String,
 }
 
-async fn kill(state: State<Ctx>, caller: Caller, name: Path<String>, body: Json<KillReq>) -> ApiResult<Response> {
+async fn kill(
+    state: State<Ctx>,
+    caller: Caller,
+    name: Path<String>,
+    body: Json<KillReq>,
+) -> ApiResult<Response> {
     set_kill(state, caller, name, body, true).await
 }
 
-async fn revive(state: State<Ctx>, caller: Caller, name: Path<String>, body: Json<KillReq>) -> ApiResult<Response> {
+async fn revive(
+    state: State<Ctx>,
+    caller: Caller,
+    name: Path<String>,
+    body: Json<KillReq>,
+) -> ApiResult<Response> {
     set_kill(state, caller, name, body, false).await
 }
 
@@ -460,7 +588,15 @@ async fn set_kill(
     let (outcome, rev) = ctx
         .store
         .write(move |tx| {
-            store::killswitches::set_state(tx, &actor, &r.environment, r.service.as_deref(), &name, killed, &r.reason)
+            store::killswitches::set_state(
+                tx,
+                &actor,
+                &r.environment,
+                r.service.as_deref(),
+                &name,
+                killed,
+                &r.reason,
+            )
         })
         .await?;
     publish(&ctx, rev);
@@ -488,7 +624,11 @@ fn parse_time(s: &str) -> ApiResult<i64> {
     Ok(common::time::now_ms() - d.as_millis() as i64)
 }
 
-async fn audit_list(State(ctx): State<Ctx>, caller: Caller, Query(q): Query<AuditQuery>) -> ApiResult<Response> {
+async fn audit_list(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Response> {
     caller.require(Role::Viewer)?;
     let f = audit::Filter {
         since_ms: q.since.as_deref().map(parse_time).transpose()?,
@@ -513,13 +653,21 @@ struct ExportQuery {
     format: Option<String>,
 }
 
-async fn audit_export(State(ctx): State<Ctx>, caller: Caller, Query(q): Query<ExportQuery>) -> ApiResult<Response> {
+async fn audit_export(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Query(q): Query<ExportQuery>,
+) -> ApiResult<Response> {
     caller.require(Role::Admin)?;
     let format = q.format.unwrap_or_else(|| "jsonl".into());
     let (ctype, csv) = match format.as_str() {
         "jsonl" => ("application/x-ndjson", false),
         "csv" => ("text/csv; charset=utf-8", true),
-        other => return Err(ApiError::bad_request(format!("unknown format {other:?} (jsonl or csv)"))),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown format {other:?} (jsonl or csv)"
+            )))
+        }
     };
     let body = ctx
         .store
@@ -559,17 +707,28 @@ struct TokenReq {
     expires: Option<String>,
 }
 
-async fn token_create(State(ctx): State<Ctx>, caller: Caller, Json(r): Json<TokenReq>) -> ApiResult<Response> {
+async fn token_create(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Json(r): Json<TokenReq>,
+) -> ApiResult<Response> {
     let actor = caller.require(Role::Admin)?.clone();
     let expires = crate::auth::expiry_ms(r.expires.as_deref()).map_err(ApiError::bad_request)?;
     let (t, secret) = ctx
         .store
         .write(move |tx| store::tokens::create_api_token(tx, &actor, &r.name, r.role, expires, ""))
         .await?;
-    Ok(ok(&json!({"id": t.id, "name": t.name, "role": t.role, "expires": t.expires, "token": secret})))
+    Ok(ok(
+        &json!({"id": t.id, "name": t.name, "role": t.role, "expires": t.expires, "token": secret}),
+    ))
 }
 
-async fn token_revoke(State(ctx): State<Ctx>, caller: Caller, Path(id): Path<String>, Json(r): Json<ReasonReq>) -> ApiResult<Response> {
+async fn token_revoke(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(r): Json<ReasonReq>,
+) -> ApiResult<Response> {
     let actor = caller.require(Role::Admin)?.clone();
     let id2 = id.clone();
     ctx.store
@@ -591,11 +750,19 @@ struct UserReq {
     password: Option<String>,
 }
 
-async fn user_add(State(ctx): State<Ctx>, caller: Caller, Json(r): Json<UserReq>) -> ApiResult<Response> {
+async fn user_add(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Json(r): Json<UserReq>,
+) -> ApiResult<Response> {
     let actor = caller.require(Role::Admin)?.clone();
     let (password, generated) = match r.password {
         Some(p) if p.len() >= 12 => (p, false),
-        Some(_) => return Err(ApiError::bad_request("password must be at least 12 characters")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "password must be at least 12 characters",
+            ))
+        }
         None => (crate::auth::new_password(), true),
     };
     let hash = tokio::task::spawn_blocking({
@@ -621,7 +788,10 @@ async fn user_add(State(ctx): State<Ctx>, caller: Caller, Json(r): Json<UserReq>
 async fn metrics(State(ctx): State<Ctx>) -> ApiResult<Response> {
     let body = crate::metrics::render(&ctx).await?;
     Ok((
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         body,
     )
         .into_response())

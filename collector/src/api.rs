@@ -38,7 +38,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
     }
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error; see the collector log")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "internal error; see the collector log",
+        )
     }
 }
 
@@ -94,7 +98,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "PARSE_ERROR",
-            format!("invalid JSON body at line {} column {}: {e}", e.line(), e.column()),
+            format!(
+                "invalid JSON body at line {} column {}: {e}",
+                e.line(),
+                e.column()
+            ),
         )
     })
 }
@@ -117,7 +125,10 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 pub struct BodyLimit(pub usize);
 
 pub async fn healthz() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], r#"{"status":"ok"}"#)
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"ok"}"#,
+    )
 }
 
 pub async fn not_found() -> ApiError {

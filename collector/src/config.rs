@@ -77,19 +77,41 @@ fn resolve(src: &ConfigSource, cfg: Config) -> Result<Settings, ConfigErrors> {
         ));
     }
     let mut addr = |key: &str, env: &str, given: &Option<String>, default: &str| -> SocketAddr {
-        let raw = env_override(env).or_else(|| given.clone()).unwrap_or_else(|| default.into());
+        let raw = env_override(env)
+            .or_else(|| given.clone())
+            .unwrap_or_else(|| default.into());
         match raw.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(_) => {
-                errors.push(src.error(key, format!("invalid listen address {raw:?} (expected IP:PORT)")));
+                errors.push(src.error(
+                    key,
+                    format!("invalid listen address {raw:?} (expected IP:PORT)"),
+                ));
                 default.parse().expect("default address")
             }
         }
     };
-    let ingest_listen = addr("ingest.listen", ENV_INGEST_LISTEN, &cfg.ingest.listen, DEFAULT_INGEST);
-    let admin_listen = addr("admin.listen", ENV_ADMIN_LISTEN, &cfg.admin.listen, DEFAULT_ADMIN);
-    let status_listen = addr("status_page.listen", ENV_STATUS_LISTEN, &cfg.status_page.listen, DEFAULT_STATUS);
-    let data_dir = env_override(ENV_DATA_DIR).map(PathBuf::from).unwrap_or(cfg.data_dir);
+    let ingest_listen = addr(
+        "ingest.listen",
+        ENV_INGEST_LISTEN,
+        &cfg.ingest.listen,
+        DEFAULT_INGEST,
+    );
+    let admin_listen = addr(
+        "admin.listen",
+        ENV_ADMIN_LISTEN,
+        &cfg.admin.listen,
+        DEFAULT_ADMIN,
+    );
+    let status_listen = addr(
+        "status_page.listen",
+        ENV_STATUS_LISTEN,
+        &cfg.status_page.listen,
+        DEFAULT_STATUS,
+    );
+    let data_dir = env_override(ENV_DATA_DIR)
+        .map(PathBuf::from)
+        .unwrap_or(cfg.data_dir);
     if data_dir.as_os_str().is_empty() {
         errors.push(src.error("data_dir", "must not be empty"));
     }

@@ -68,8 +68,17 @@ fn empty_revision(environment: &str) -> Revision {
 
 impl Hub {
     /// A receiver that always holds the environment's newest revision.
-    pub async fn subscribe(&self, store: &Store, environment: &str) -> Result<watch::Receiver<Arc<Pushed>>, store::StoreError> {
-        if let Some(tx) = self.envs.lock().unwrap_or_else(|p| p.into_inner()).get(environment) {
+    pub async fn subscribe(
+        &self,
+        store: &Store,
+        environment: &str,
+    ) -> Result<watch::Receiver<Arc<Pushed>>, store::StoreError> {
+        if let Some(tx) = self
+            .envs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(environment)
+        {
             return Ok(tx.subscribe());
         }
         let env = environment.to_string();
@@ -113,7 +122,9 @@ impl Hub {
     }
 
     pub fn register(self: &Arc<Self>, agent_id: &str) -> StreamGuard {
-        let id = self.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_stream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let token = CancellationToken::new();
         self.streams
             .lock()
@@ -131,7 +142,12 @@ impl Hub {
 
     /// Ends every open stream of a revoked agent.
     pub fn revoke(&self, agent_id: &str) {
-        if let Some(v) = self.streams.lock().unwrap_or_else(|p| p.into_inner()).get(agent_id) {
+        if let Some(v) = self
+            .streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(agent_id)
+        {
             for (_, t) in v {
                 t.cancel();
             }

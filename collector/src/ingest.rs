@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
-use common::wire::{self, Ack, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatReply, StreamEvent};
+use common::wire::{
+    self, Ack, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatReply, StreamEvent,
+};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -41,15 +43,31 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> ApiResult<AgentAuth> {
     let cred = bearer(headers)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "missing agent credential"))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "missing agent credential",
+            )
+        })?
         .to_string();
     let auth = ctx
         .store
         .read(move |c| store::agents::authenticate(c, &cred))
         .await?
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "UNKNOWN_AGENT", "unknown agent credential; enroll again"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNKNOWN_AGENT",
+                "unknown agent credential; enroll again",
+            )
+        })?;
     if auth.revoked {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "AGENT_REVOKED", "this agent was revoked"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "AGENT_REVOKED",
+            "this agent was revoked",
+        ));
     }
     Ok(auth)
 }
@@ -61,7 +79,11 @@ async fn enroll(State(ctx): State<Ctx>, Json(req): Json<EnrollRequest>) -> ApiRe
         .read(move |c| store::tokens::find_enroll_token(c, &token))
         .await?;
     let Some((token_id, env, service)) = found else {
-        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "INVALID_ENROLL_TOKEN", "enrollment token unknown, expired or revoked"));
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_ENROLL_TOKEN",
+            "enrollment token unknown, expired or revoked",
+        ));
     };
     let id = &req.identity;
     if id.environment != env || id.service != service {
@@ -80,7 +102,13 @@ async fn enroll(State(ctx): State<Ctx>, Json(req): Json<EnrollRequest>) -> ApiRe
         .write(move |tx| store::agents::enroll(tx, &token_id, &identity))
         .await?;
     tracing::info!(agent = %agent_id, service = %id.service, environment = %id.environment, instance = %id.instance, "agent enrolled");
-    Ok(crate::api::json_response(StatusCode::OK, &EnrollResponse { agent_id, credential }))
+    Ok(crate::api::json_response(
+        StatusCode::OK,
+        &EnrollResponse {
+            agent_id,
+            credential,
+        },
+    ))
 }
 
 #[derive(Deserialize)]
@@ -88,7 +116,11 @@ struct StreamQuery {
     since: Option<u64>,
 }
 
-async fn stream(State(ctx): State<Ctx>, headers: HeaderMap, Query(q): Query<StreamQuery>) -> ApiResult<Response> {
+async fn stream(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Query(q): Query<StreamQuery>,
+) -> ApiResult<Response> {
     let agent = authenticate(&ctx, &headers).await?;
     let mut rx = ctx.hub.subscribe(&ctx.store, &agent.environment).await?;
     let guard = ctx.hub.register(&agent.id);
@@ -145,7 +177,11 @@ fn ping_line(latest: u64) -> Bytes {
     Bytes::from(l)
 }
 
-async fn ack(State(ctx): State<Ctx>, headers: HeaderMap, Json(a): Json<Ack>) -> ApiResult<StatusCode> {
+async fn ack(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(a): Json<Ack>,
+) -> ApiResult<StatusCode> {
     let agent = authenticate(&ctx, &headers).await?;
     ctx.store
         .write(move |tx| store::agents::ack(tx, &agent.id, a.revision))
@@ -153,7 +189,11 @@ async fn ack(State(ctx): State<Ctx>, headers: HeaderMap, Json(a): Json<Ack>) -> 
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn heartbeat(State(ctx): State<Ctx>, headers: HeaderMap, Json(hb): Json<Heartbeat>) -> ApiResult<Response> {
+async fn heartbeat(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    Json(hb): Json<Heartbeat>,
+) -> ApiResult<Response> {
     let agent = authenticate(&ctx, &headers).await?;
     if hb.identity.environment != agent.environment || hb.identity.service != agent.service {
         return Err(ApiError::new(
@@ -171,5 +211,10 @@ async fn heartbeat(State(ctx): State<Ctx>, headers: HeaderMap, Json(hb): Json<He
         .await?;
     let rx = ctx.hub.subscribe(&ctx.store, &agent.environment).await?;
     let latest = rx.borrow().revision;
-    Ok(crate::api::json_response(StatusCode::OK, &HeartbeatReply { latest_revision: latest }))
+    Ok(crate::api::json_response(
+        StatusCode::OK,
+        &HeartbeatReply {
+            latest_revision: latest,
+        },
+    ))
 }

@@ -26,9 +26,22 @@ pub fn init(data_dir: &Path) -> anyhow::Result<Initialised> {
     let hash = auth::hash_password(&password).map_err(anyhow::Error::msg)?;
     let actor = Actor::system("system:init");
     let token = store.write_blocking(move |tx| {
-        store::users::add(tx, &actor, "admin", Role::Admin, &hash, "collector initialised")?;
-        let (_, secret) =
-            store::tokens::create_api_token(tx, &actor, "admin", Role::Admin, None, "collector initialised")?;
+        store::users::add(
+            tx,
+            &actor,
+            "admin",
+            Role::Admin,
+            &hash,
+            "collector initialised",
+        )?;
+        let (_, secret) = store::tokens::create_api_token(
+            tx,
+            &actor,
+            "admin",
+            Role::Admin,
+            None,
+            "collector initialised",
+        )?;
         Ok(secret)
     })?;
     store.close();

@@ -69,7 +69,11 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
     let ingest = bind(settings.ingest_listen, "ingest.listen").await?;
     let admin = bind(settings.admin_listen, "admin.listen").await?;
     let status = bind(settings.status_listen, "status_page.listen").await?;
-    let (ingest_addr, admin_addr, status_addr) = (ingest.local_addr()?, admin.local_addr()?, status.local_addr()?);
+    let (ingest_addr, admin_addr, status_addr) = (
+        ingest.local_addr()?,
+        admin.local_addr()?,
+        status.local_addr()?,
+    );
 
     let mut servers = tokio::task::JoinSet::new();
     for (listener, app) in [
@@ -79,9 +83,12 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
     ] {
         let token = shutdown.clone();
         servers.spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
         });
     }
     tracing::info!(ingest = %ingest_addr, admin = %admin_addr, status = %status_addr, version = common::VERSION, "collector listening");
@@ -113,7 +120,9 @@ impl Running {
             self.servers.abort_all();
         }
         let store = self.ctx.store.clone();
-        tokio::task::spawn_blocking(move || store.close()).await.ok();
+        tokio::task::spawn_blocking(move || store.close())
+            .await
+            .ok();
         tracing::info!("collector stopped");
         Ok(())
     }

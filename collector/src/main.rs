@@ -11,7 +11,12 @@ use std::process::ExitCode;
 #[command(name = "opsplane-collector", version = common::VERSION, about = "Opsplane collector: central state, admin API and audit log")]
 struct Cli {
     /// Log format: text or json.
-    #[arg(long, global = true, default_value = "text", env = "OPSPLANE_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "OPSPLANE_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
@@ -29,7 +34,11 @@ enum Cmd {
     },
     /// Serve the ingest, admin and status listeners.
     Run {
-        #[arg(long, conflicts_with = "data_dir", required_unless_present = "data_dir")]
+        #[arg(
+            long,
+            conflicts_with = "data_dir",
+            required_unless_present = "data_dir"
+        )]
         config: Option<PathBuf>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -43,7 +52,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     init_logging(cli.log_format);
@@ -58,7 +71,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Init { data_dir, admin_token_file } => match collector::init::init(&data_dir) {
+        Cmd::Init {
+            data_dir,
+            admin_token_file,
+        } => match collector::init::init(&data_dir) {
             Ok(i) => {
                 println!("initialised {}", data_dir.display());
                 println!("admin user: {}", i.admin_user);
@@ -96,7 +112,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");

@@ -10,7 +10,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub async fn render(ctx: &Ctx) -> ApiResult<String> {
-    let agents = ctx.store.read(|c| store::agents::list(c, None, None)).await?;
+    let agents = ctx
+        .store
+        .read(|c| store::agents::list(c, None, None))
+        .await?;
     let revisions = ctx.store.read(store::flags::latest_numbers).await?;
     let mut reg = Registry::with_prefix("opsplane_collector");
 
@@ -23,11 +26,15 @@ pub async fn render(ctx: &Ctx) -> ApiResult<String> {
     let by_state = Family::<Vec<(String, String)>, Gauge>::default();
     let now = common::time::now_ms();
     for s in ["connected", "stale", "gone", "revoked"] {
-        by_state.get_or_create(&vec![("state".into(), s.into())]).set(0);
+        by_state
+            .get_or_create(&vec![("state".into(), s.into())])
+            .set(0);
     }
     for a in &agents {
         let s = crate::admin::agent_state(ctx, a, now);
-        by_state.get_or_create(&vec![("state".into(), s.into())]).inc();
+        by_state
+            .get_or_create(&vec![("state".into(), s.into())])
+            .inc();
     }
     reg.register("agents", "Enrolled agents by connection state", by_state);
 
@@ -41,7 +48,11 @@ pub async fn render(ctx: &Ctx) -> ApiResult<String> {
 
     let streams = Gauge::<i64>::default();
     streams.set(ctx.hub.connected_count() as i64);
-    reg.register("streams_open", "Agents holding an open revision stream", streams);
+    reg.register(
+        "streams_open",
+        "Agents holding an open revision stream",
+        streams,
+    );
 
     let mut out = String::new();
     encode(&mut out, &reg).map_err(|_| crate::api::ApiError::internal())?;

@@ -157,7 +157,8 @@ impl ConfigSource {
                 }
                 continue;
             }
-            let in_table = current == want_name && (want_index.is_none() || current_index == want_index);
+            let in_table =
+                current == want_name && (want_index.is_none() || current_index == want_index);
             if in_table {
                 if let Some((k, _)) = line.split_once('=') {
                     if k.trim().trim_matches('"') == leaf {
@@ -180,7 +181,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t.is_empty() {
         return Err("empty duration".into());
     }
-    humantime::parse_duration(t).map_err(|e| format!("invalid duration {s:?}: {e} (use e.g. \"30s\", \"5m\", \"7d\")"))
+    humantime::parse_duration(t)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (use e.g. \"30s\", \"5m\", \"7d\")"))
 }
 
 /// Parses `"512"`, `"64KiB"`, `"10MB"`, `"1GiB"` into bytes.
@@ -219,7 +221,9 @@ pub struct HumanDuration(pub Duration);
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -237,7 +241,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+            Raw::S(s) => parse_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
         }
     }
 }
@@ -305,7 +311,10 @@ mod tests {
     #[test]
     fn durations_and_sizes() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert!(parse_duration("").is_err());
         assert!(parse_duration("abc").is_err());
         assert_eq!(parse_size("64KiB").unwrap(), 65536);

@@ -79,7 +79,8 @@ mod tests {
     #[test]
     fn nested_changes_are_pointed_at() {
         let a = json!({"flags": {"x": {"state": "ENABLED", "variants": {"on": true}}, "gone": {}}});
-        let b = json!({"flags": {"x": {"state": "DISABLED", "variants": {"on": true}}, "new/one": 1}});
+        let b =
+            json!({"flags": {"x": {"state": "DISABLED", "variants": {"on": true}}, "new/one": 1}});
         let d = diff(&a, &b);
         assert_eq!(d.len(), 3);
         assert_eq!(d[0].path, "/flags/gone");

@@ -103,7 +103,9 @@ impl Revision {
 pub enum StreamEvent {
     Revision(Revision),
     /// Sent every few seconds so both ends notice a dead connection.
-    Ping { latest: u64 },
+    Ping {
+        latest: u64,
+    },
     /// The agent's credential was revoked; the stream ends.
     Revoked,
 }

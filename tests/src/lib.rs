@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("deps dir");
-    let dir = if dir.ends_with("deps") { dir.parent().expect("target dir") } else { dir };
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("target dir")
+    } else {
+        dir
+    };
     let p = dir.join(name);
     assert!(
         p.exists(),
@@ -80,7 +84,10 @@ impl Proc {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn");
-        Proc { child: Some(child), log }
+        Proc {
+            child: Some(child),
+            log,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -115,7 +122,10 @@ impl Proc {
             }
             if start.elapsed() > Duration::from_secs(15) {
                 let _ = c.kill();
-                panic!("process did not exit within 15 s of SIGTERM; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+                panic!(
+                    "process did not exit within 15 s of SIGTERM; log:\n{}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -156,14 +166,21 @@ impl Collector {
             .arg(&token_file)
             .output()
             .expect("init");
-        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let stdout = String::from_utf8_lossy(&out.stdout);
         let admin_password = stdout
             .lines()
             .find_map(|l| l.strip_prefix("admin password (shown once): "))
             .expect("password printed")
             .to_string();
-        let admin_token = std::fs::read_to_string(&token_file).expect("token").trim().to_string();
+        let admin_token = std::fs::read_to_string(&token_file)
+            .expect("token")
+            .trim()
+            .to_string();
         let (i, a, s) = (free_port(), free_port(), free_port());
         let config = dir.join("collector.toml");
         std::fs::write(
@@ -191,12 +208,17 @@ impl Collector {
     /// Starts (or restarts) the `run` process and waits until it serves.
     pub fn run(&mut self) {
         let p = Proc::spawn(
-            Command::new(bin("opsplane-collector")).arg("run").arg("--config").arg(&self.config),
+            Command::new(bin("opsplane-collector"))
+                .arg("run")
+                .arg("--config")
+                .arg(&self.config),
             self.dir.join("collector.log"),
         );
         self.proc = Some(p);
         let url = self.admin_url.clone();
-        wait_for("collector /healthz", Duration::from_secs(20), || healthy(&url).then_some(()));
+        wait_for("collector /healthz", Duration::from_secs(20), || {
+            healthy(&url).then_some(())
+        });
     }
 
     pub fn stop(&mut self) {
@@ -271,12 +293,17 @@ impl Agent {
     pub fn start(dir: &Path, head: &str, proxy_upstream: Option<&str>, tail: &str) -> Agent {
         std::fs::create_dir_all(dir).expect("agent dir");
         let api = free_port();
-        let mut text = format!("{head}\ndata_dir = {:?}\n", dir.join("data").display().to_string());
+        let mut text = format!(
+            "{head}\ndata_dir = {:?}\n",
+            dir.join("data").display().to_string()
+        );
         text.push_str(&format!("[api]\nlisten = \"127.0.0.1:{api}\"\n"));
         let mut proxy_url = None;
         if let Some(up) = proxy_upstream {
             let p = free_port();
-            text.push_str(&format!("[proxy]\nlisten = \"127.0.0.1:{p}\"\nupstream = {up:?}\n"));
+            text.push_str(&format!(
+                "[proxy]\nlisten = \"127.0.0.1:{p}\"\nupstream = {up:?}\n"
+            ));
             proxy_url = Some(format!("http://127.0.0.1:{p}"));
         }
         text.push_str(tail);
@@ -295,16 +322,24 @@ impl Agent {
 
     pub fn run(&mut self) {
         let p = Proc::spawn(
-            Command::new(bin("opsplane-agent")).arg("run").arg("--config").arg(&self.config),
+            Command::new(bin("opsplane-agent"))
+                .arg("run")
+                .arg("--config")
+                .arg(&self.config),
             self.dir.join("agent.log"),
         );
         self.proc = Some(p);
         let url = self.api_url.clone();
-        wait_for("agent /healthz", Duration::from_secs(20), || healthy(&url).then_some(()));
+        wait_for("agent /healthz", Duration::from_secs(20), || {
+            healthy(&url).then_some(())
+        });
     }
 
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = http().get(format!("{}{path}", self.api_url)).send().expect("agent request");
+        let r = http()
+            .get(format!("{}{path}", self.api_url))
+            .send()
+            .expect("agent request");
         let status = r.status().as_u16();
         (status, r.json().unwrap_or(serde_json::Value::Null))
     }
@@ -318,7 +353,9 @@ impl Agent {
         let start = Instant::now();
         loop {
             let s = self.status();
-            if s["flags"]["revision"].as_u64().unwrap_or(0) >= rev && s["flags"]["source"] == "collector" {
+            if s["flags"]["revision"].as_u64().unwrap_or(0) >= rev
+                && s["flags"]["source"] == "collector"
+            {
                 return;
             }
             if start.elapsed() > Duration::from_secs(20) {
@@ -359,7 +396,10 @@ impl Upstream {
                             return;
                         }
                         let mut parts = line.split_whitespace();
-                        let (m, p) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+                        let (m, p) = (
+                            parts.next().unwrap_or("").to_string(),
+                            parts.next().unwrap_or("").to_string(),
+                        );
                         let mut len = 0usize;
                         loop {
                             let mut hl = String::new();
@@ -369,7 +409,8 @@ impl Upstream {
                             if hl == "\r\n" {
                                 break;
                             }
-                            if let Some(v) = hl.to_ascii_lowercase().strip_prefix("content-length:") {
+                            if let Some(v) = hl.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
                                 len = v.trim().parse().unwrap_or(0);
                             }
                         }

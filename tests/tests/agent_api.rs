@@ -17,7 +17,10 @@ const FLAGS: &str = r#"{"flags": {
 fn standalone(dir: &std::path::Path, flags: &str) -> (Agent, std::path::PathBuf) {
     let f = write_file(dir, "flags.json", flags);
     let head = "service = \"web\"\nenvironment = \"dev\"\nlabels = { region = \"eu-west\" }";
-    let tail = format!("[flags]\nfile = {:?}\npoll_interval = \"100ms\"\n", f.display().to_string());
+    let tail = format!(
+        "[flags]\nfile = {:?}\npoll_interval = \"100ms\"\n",
+        f.display().to_string()
+    );
     (Agent::start(&dir.join("agent"), head, None, &tail), f)
 }
 
@@ -29,24 +32,38 @@ fn ofrep_answers_and_errors_follow_the_protocol() {
     let post = |path: &str, body: Option<&str>| {
         let mut r = c.post(format!("{}{path}", a.api_url));
         if let Some(b) = body {
-            r = r.header("content-type", "application/json").body(b.to_string());
+            r = r
+                .header("content-type", "application/json")
+                .body(b.to_string());
         }
         let resp = r.send().unwrap();
         let status = resp.status().as_u16();
-        let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
         (status, ctype, resp.text().unwrap())
     };
 
     // success: value, variant, reason; floats keep their fractional part
-    let (st, ct, body) = post("/ofrep/v1/evaluate/flags/ratio", Some(r#"{"context":{"targetingKey":"u"}}"#));
+    let (st, ct, body) = post(
+        "/ofrep/v1/evaluate/flags/ratio",
+        Some(r#"{"context":{"targetingKey":"u"}}"#),
+    );
     assert_eq!((st, ct.as_deref()), (200, Some("application/json")));
     assert!(body.contains(r#""value":1.0"#), "{body}");
     // the agent's own context (labels) is merged in; request attributes win
     let (_, _, body) = post("/ofrep/v1/evaluate/flags/region-banner", Some("{}"));
     assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["value"], "eu");
-    let (_, _, body) = post("/ofrep/v1/evaluate/flags/region-banner", Some(r#"{"context":{"region":"us"}}"#));
+    let (_, _, body) = post(
+        "/ofrep/v1/evaluate/flags/region-banner",
+        Some(r#"{"context":{"region":"us"}}"#),
+    );
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((v["value"].clone(), v["reason"].clone()), (json!("other"), json!("DEFAULT")));
+    assert_eq!(
+        (v["value"].clone(), v["reason"].clone()),
+        (json!("other"), json!("DEFAULT"))
+    );
     // empty body = empty context
     assert_eq!(post("/ofrep/v1/evaluate/flags/ratio", None).0, 200);
     // disabled: success without a value
@@ -59,21 +76,45 @@ fn ofrep_answers_and_errors_follow_the_protocol() {
     // malformed JSON: 400 PARSE_ERROR with the key and details
     let (st, _, body) = post("/ofrep/v1/evaluate/flags/ratio", Some("{\"context\": {"));
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((st, v["errorCode"].clone(), v["key"].clone()), (400, json!("PARSE_ERROR"), json!("ratio")));
-    assert!(v["errorDetails"].as_str().unwrap().contains("line 1"), "{body}");
+    assert_eq!(
+        (st, v["errorCode"].clone(), v["key"].clone()),
+        (400, json!("PARSE_ERROR"), json!("ratio"))
+    );
+    assert!(
+        v["errorDetails"].as_str().unwrap().contains("line 1"),
+        "{body}"
+    );
     let (st, _, body) = post("/ofrep/v1/evaluate/flags", Some("not json"));
-    assert_eq!((st, serde_json::from_str::<Value>(&body).unwrap()["errorCode"].clone()), (400, json!("PARSE_ERROR")));
+    assert_eq!(
+        (
+            st,
+            serde_json::from_str::<Value>(&body).unwrap()["errorCode"].clone()
+        ),
+        (400, json!("PARSE_ERROR"))
+    );
     let (st, _, body) = post("/ofrep/v1/evaluate/flags/ratio", Some(r#"{"context": 5}"#));
-    assert_eq!((st, serde_json::from_str::<Value>(&body).unwrap()["errorCode"].clone()), (400, json!("INVALID_CONTEXT")));
+    assert_eq!(
+        (
+            st,
+            serde_json::from_str::<Value>(&body).unwrap()["errorCode"].clone()
+        ),
+        (400, json!("INVALID_CONTEXT"))
+    );
     // unknown flag: 404 FLAG_NOT_FOUND
     let (st, _, body) = post("/ofrep/v1/evaluate/flags/nope", Some("{}"));
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!((st, v["errorCode"].clone()), (404, json!("FLAG_NOT_FOUND")));
     assert!(v["errorDetails"].is_string());
     let (st, v) = a.get("/v1/flags/nope");
-    assert_eq!((st, v["error"]["code"].clone()), (404, json!("FLAG_NOT_FOUND")));
+    assert_eq!(
+        (st, v["error"]["code"].clone()),
+        (404, json!("FLAG_NOT_FOUND"))
+    );
     let (st, v) = a.get("/v1/killswitches/nope");
-    assert_eq!((st, v["error"]["code"].clone()), (404, json!("KILLSWITCH_NOT_FOUND")));
+    assert_eq!(
+        (st, v["error"]["code"].clone()),
+        (404, json!("KILLSWITCH_NOT_FOUND"))
+    );
     // over the body limit: 413, and the agent goes on serving
     let big = format!("{{\"context\":{{\"x\":\"{}\"}}}}", "a".repeat(1_100_000));
     assert_eq!(post("/ofrep/v1/evaluate/flags/ratio", Some(&big)).0, 413);
@@ -93,13 +134,18 @@ fn bulk_etag_follows_the_evaluated_body() {
     let (a, _) = standalone(tmp.path(), FLAGS);
     let c = http();
     let bulk = |ctx: Value, etag: Option<&str>| {
-        let mut r = c.post(format!("{}/ofrep/v1/evaluate/flags", a.api_url)).json(&json!({ "context": ctx }));
+        let mut r = c
+            .post(format!("{}/ofrep/v1/evaluate/flags", a.api_url))
+            .json(&json!({ "context": ctx }));
         if let Some(e) = etag {
             r = r.header("if-none-match", e);
         }
         let resp = r.send().unwrap();
         let status = resp.status().as_u16();
-        let etag = resp.headers().get("etag").map(|v| v.to_str().unwrap().to_string());
+        let etag = resp
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_string());
         (status, etag, resp.text().unwrap())
     };
     let (st, etag, body) = bulk(json!({"targetingKey": "user-1"}), None);
@@ -109,9 +155,19 @@ fn bulk_etag_follows_the_evaluated_body() {
     assert_eq!(v["flags"].as_array().unwrap().len(), 4);
     // same context: 304, also with a weak tag or in a list
     assert_eq!(bulk(json!({"targetingKey": "user-1"}), Some(&etag)).0, 304);
-    assert_eq!(bulk(json!({"targetingKey": "user-1"}), Some(&format!("\"x\", W/{etag}"))).0, 304);
+    assert_eq!(
+        bulk(
+            json!({"targetingKey": "user-1"}),
+            Some(&format!("\"x\", W/{etag}"))
+        )
+        .0,
+        304
+    );
     // another context that changes an answer: 200 with a new tag
-    let (st, e2, _) = bulk(json!({"targetingKey": "user-1", "region": "us"}), Some(&etag));
+    let (st, e2, _) = bulk(
+        json!({"targetingKey": "user-1", "region": "us"}),
+        Some(&etag),
+    );
     assert_eq!(st, 200);
     assert_ne!(e2.unwrap(), etag);
 }
@@ -126,13 +182,28 @@ fn standalone_flag_file_is_watched_and_bad_files_change_nothing() {
     assert_eq!(s["collector"]["configured"], false);
     assert_eq!(a.get("/v1/flags/ratio").1["value"], 1.0);
     // an edit is picked up
-    std::fs::write(&f, FLAGS.replace(r#""defaultVariant": "low""#, r#""defaultVariant": "high""#)).unwrap();
-    wait_for("file reloaded", Duration::from_secs(10), || (a.get("/v1/flags/ratio").1["value"] == 2.5).then_some(()));
+    std::fs::write(
+        &f,
+        FLAGS.replace(r#""defaultVariant": "low""#, r#""defaultVariant": "high""#),
+    )
+    .unwrap();
+    wait_for("file reloaded", Duration::from_secs(10), || {
+        (a.get("/v1/flags/ratio").1["value"] == 2.5).then_some(())
+    });
     let rev = a.status()["flags"]["revision"].as_u64().unwrap();
     // an invalid file is refused as a whole; the previous flags stay
-    std::fs::write(&f, FLAGS.replace(r#""defaultVariant": "off""#, r#""defaultVariant": "maybe""#)).unwrap();
-    wait_for("rejection logged", Duration::from_secs(10), || a.log_text().contains("flag file rejected").then_some(()));
-    assert!(a.log_text().contains("dark-mode"), "the message names the flag");
+    std::fs::write(
+        &f,
+        FLAGS.replace(r#""defaultVariant": "off""#, r#""defaultVariant": "maybe""#),
+    )
+    .unwrap();
+    wait_for("rejection logged", Duration::from_secs(10), || {
+        a.log_text().contains("flag file rejected").then_some(())
+    });
+    assert!(
+        a.log_text().contains("dark-mode"),
+        "the message names the flag"
+    );
     assert_eq!(a.get("/v1/flags/ratio").1["value"], 2.5);
     assert_eq!(a.status()["flags"]["revision"].as_u64().unwrap(), rev);
     // bulk /v1/flags with query attributes
@@ -140,7 +211,12 @@ fn standalone_flag_file_is_watched_and_bad_files_change_nothing() {
     assert_eq!(v["flags"]["region-banner"]["value"], "other");
     assert_eq!(v["flags"]["old"]["reason"], "DISABLED");
     // metrics in Prometheus text
-    let m = http().get(format!("{}/metrics", a.api_url)).send().unwrap().text().unwrap();
+    let m = http()
+        .get(format!("{}/metrics", a.api_url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(m.contains("opsplane_agent_build_info"), "{m}");
     assert!(m.contains("opsplane_agent_flag_revision"), "{m}");
 }
@@ -162,11 +238,17 @@ fn optional_bearer_token_guards_the_local_api() {
     let head = "service = \"web\"\nenvironment = \"dev\"";
     let mut a = Agent::start(&tmp.path().join("agent"), head, None, &tail);
     a.proc.as_mut().unwrap().kill9();
-    let cfg = std::fs::read_to_string(&a.config).unwrap().replace("[api]\n", "[api]\ntoken = \"s3cret\"\n");
+    let cfg = std::fs::read_to_string(&a.config)
+        .unwrap()
+        .replace("[api]\n", "[api]\ntoken = \"s3cret\"\n");
     std::fs::write(&a.config, cfg).unwrap();
     a.run();
     assert_eq!(a.get("/healthz").0, 200);
     assert_eq!(a.get("/v1/flags").0, 401);
-    let ok = http().get(format!("{}/v1/flags", a.api_url)).bearer_auth("s3cret").send().unwrap();
+    let ok = http()
+        .get(format!("{}/v1/flags", a.api_url))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap();
     assert_eq!(ok.status().as_u16(), 200);
 }

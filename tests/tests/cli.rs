@@ -35,28 +35,55 @@ fn config_errors_name_file_line_and_key_and_exit_two() {
     );
     let (code, _, err) = run("opsplane-agent", &["check-config", f.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(err.contains("agent.toml:5") && err.contains("api") && err.contains("listen_adress"), "{err}");
+    assert!(
+        err.contains("agent.toml:5") && err.contains("api") && err.contains("listen_adress"),
+        "{err}"
+    );
     // `run` refuses the same file the same way
     let (code, _, err2) = run("opsplane-agent", &["run", "--config", f.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert_eq!(err, err2);
 
-    let f = write_file(tmp.path(), "bad-values.toml", "service = \"web\"\nenvironment = \"\"\n[collector]\nurl = \"ftp://x\"\n");
+    let f = write_file(
+        tmp.path(),
+        "bad-values.toml",
+        "service = \"web\"\nenvironment = \"\"\n[collector]\nurl = \"ftp://x\"\n",
+    );
     let (code, _, err) = run("opsplane-agent", &["check-config", f.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(err.contains("bad-values.toml:2: environment"), "{err}");
     assert!(err.contains("bad-values.toml:4: collector.url"), "{err}");
 
-    let f = write_file(tmp.path(), "collector.toml", "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"nonsense\"\n[ingest]\nport = 1\n");
+    let f = write_file(
+        tmp.path(),
+        "collector.toml",
+        "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"nonsense\"\n[ingest]\nport = 1\n",
+    );
     let (code, _, err) = run("opsplane-collector", &["check-config", f.to_str().unwrap()]);
     assert_eq!(code, 2);
-    assert!(err.contains("collector.toml:5") && err.contains("port"), "{err}");
+    assert!(
+        err.contains("collector.toml:5") && err.contains("port"),
+        "{err}"
+    );
 
-    let f = write_file(tmp.path(), "ok.toml", "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"127.0.0.1:7602\"\n");
-    assert_eq!(run("opsplane-collector", &["check-config", f.to_str().unwrap()]).0, 0);
-    let (code, _, err) = run("opsplane-agent", &["check-config", "/nonexistent/agent.toml"]);
+    let f = write_file(
+        tmp.path(),
+        "ok.toml",
+        "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"127.0.0.1:7602\"\n",
+    );
+    assert_eq!(
+        run("opsplane-collector", &["check-config", f.to_str().unwrap()]).0,
+        0
+    );
+    let (code, _, err) = run(
+        "opsplane-agent",
+        &["check-config", "/nonexistent/agent.toml"],
+    );
     assert_eq!(code, 2);
-    assert!(err.contains("/nonexistent/agent.toml") && err.contains("cannot read"), "{err}");
+    assert!(
+        err.contains("/nonexistent/agent.toml") && err.contains("cannot read"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -64,13 +91,28 @@ fn init_twice_fails_and_token_file_is_private() {
     let tmp = tempfile::tempdir().unwrap();
     let c = Collector::start(tmp.path());
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(tmp.path().join("admin.token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(tmp.path().join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let (code, _, err) = run("opsplane-collector", &["init", "--data-dir", tmp.path().join("collector-data").to_str().unwrap()]);
+    let (code, _, err) = run(
+        "opsplane-collector",
+        &[
+            "init",
+            "--data-dir",
+            tmp.path().join("collector-data").to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("already initialised"), "{err}");
     // no token: usage error
-    let out = Command::new(bin("opsctl")).args(["agents", "list"]).env("OPSPLANE_URL", &c.admin_url).env_remove("OPSPLANE_TOKEN").output().unwrap();
+    let out = Command::new(bin("opsctl"))
+        .args(["agents", "list"])
+        .env("OPSPLANE_URL", &c.admin_url)
+        .env_remove("OPSPLANE_TOKEN")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     // wrong token: refused
     let out = c.opsctl_as("opsp_0000", &["agents", "list"]);
@@ -82,10 +124,28 @@ fn init_twice_fails_and_token_file_is_private() {
 fn secrets_are_printed_once_on_the_last_line_and_stored_hashed() {
     let tmp = tempfile::tempdir().unwrap();
     let c = Collector::start(tmp.path());
-    let out = c.ok(&["agents", "enroll-token", "--env", "prod", "--service", "web", "--expires", "1h"]);
+    let out = c.ok(&[
+        "agents",
+        "enroll-token",
+        "--env",
+        "prod",
+        "--service",
+        "web",
+        "--expires",
+        "1h",
+    ]);
     let last = out.lines().last().unwrap();
     assert!(last.starts_with("opse_") && !last.contains(' '), "{out}");
-    let out = c.ok(&["tokens", "create", "--name", "ci", "--role", "viewer", "--expires", "30d"]);
+    let out = c.ok(&[
+        "tokens",
+        "create",
+        "--name",
+        "ci",
+        "--role",
+        "viewer",
+        "--expires",
+        "30d",
+    ]);
     let secret = out.lines().last().unwrap().to_string();
     assert!(secret.starts_with("opsp_"), "{out}");
     // the token works, and the database holds no secret in clear
@@ -93,18 +153,43 @@ fn secrets_are_printed_once_on_the_last_line_and_stored_hashed() {
     let db = std::fs::read(tmp.path().join("collector-data/opsplane.db")).unwrap();
     let wal = std::fs::read(tmp.path().join("collector-data/opsplane.db-wal")).unwrap_or_default();
     for blob in [&db, &wal] {
-        assert!(!String::from_utf8_lossy(blob).contains(&secret[5..]), "token stored in clear");
-        assert!(!String::from_utf8_lossy(blob).contains(&last[5..]), "enroll token stored in clear");
+        assert!(
+            !String::from_utf8_lossy(blob).contains(&secret[5..]),
+            "token stored in clear"
+        );
+        assert!(
+            !String::from_utf8_lossy(blob).contains(&last[5..]),
+            "enroll token stored in clear"
+        );
     }
     // revoked: refused at once
-    let id = c.json(&["tokens", "list"])["tokens"].as_array().unwrap().iter().find(|t| t["name"] == "ci").unwrap()["id"].as_str().unwrap().to_string();
+    let id = c.json(&["tokens", "list"])["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "ci")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     c.ok(&["tokens", "revoke", &id]);
-    assert_eq!(c.opsctl_as(&secret, &["agents", "list"]).status.code(), Some(1));
+    assert_eq!(
+        c.opsctl_as(&secret, &["agents", "list"]).status.code(),
+        Some(1)
+    );
     // users add prints a generated password last
     let out = c.ok(&["users", "add", "alice", "--role", "operator"]);
     assert_eq!(out.lines().last().unwrap().len(), 20, "{out}");
     let pw = write_file(tmp.path(), "pw", "a-long-enough-password\n");
-    let out = c.ok(&["users", "add", "bob", "--role", "viewer", "--password-file", pw.to_str().unwrap()]);
+    let out = c.ok(&[
+        "users",
+        "add",
+        "bob",
+        "--role",
+        "viewer",
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
     assert!(!out.contains("password"), "{out}");
 }
 
@@ -113,7 +198,11 @@ fn roles_are_enforced_on_every_mutation() {
     let tmp = tempfile::tempdir().unwrap();
     let c = Collector::start(tmp.path());
     c.ok(&["killswitches", "create", "pay", "--description", "payments"]);
-    let flags = write_file(tmp.path(), "f.json", r#"{"flags":{"a":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}}}"#);
+    let flags = write_file(
+        tmp.path(),
+        "f.json",
+        r#"{"flags":{"a":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}}}"#,
+    );
     let f = flags.to_str().unwrap();
     c.ok(&["flags", "apply", f, "--env", "prod", "--reason", "seed"]);
     let viewer = c.token("v", "viewer");
@@ -121,66 +210,204 @@ fn roles_are_enforced_on_every_mutation() {
     let operator = c.token("o", "operator");
     // (command, least role that may run it)
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["kill", "pay", "--env", "prod", "--reason", "x"], "responder"),
-        (vec!["revive", "pay", "--env", "prod", "--reason", "x"], "responder"),
-        (vec!["flags", "set", "a", "--env", "prod", "--state", "DISABLED", "--reason", "x"], "operator"),
-        (vec!["flags", "apply", f, "--env", "staging", "--reason", "x"], "operator"),
-        (vec!["killswitches", "create", "k2", "--description", "x"], "operator"),
-        (vec!["agents", "enroll-token", "--env", "prod", "--service", "web"], "operator"),
-        (vec!["tokens", "create", "--name", "t", "--role", "viewer"], "admin"),
+        (
+            vec!["kill", "pay", "--env", "prod", "--reason", "x"],
+            "responder",
+        ),
+        (
+            vec!["revive", "pay", "--env", "prod", "--reason", "x"],
+            "responder",
+        ),
+        (
+            vec![
+                "flags", "set", "a", "--env", "prod", "--state", "DISABLED", "--reason", "x",
+            ],
+            "operator",
+        ),
+        (
+            vec!["flags", "apply", f, "--env", "staging", "--reason", "x"],
+            "operator",
+        ),
+        (
+            vec!["killswitches", "create", "k2", "--description", "x"],
+            "operator",
+        ),
+        (
+            vec![
+                "agents",
+                "enroll-token",
+                "--env",
+                "prod",
+                "--service",
+                "web",
+            ],
+            "operator",
+        ),
+        (
+            vec!["tokens", "create", "--name", "t", "--role", "viewer"],
+            "admin",
+        ),
         (vec!["users", "add", "u", "--role", "viewer"], "admin"),
         (vec!["audit", "export"], "admin"),
     ];
-    let rank = |r: &str| ["viewer", "responder", "operator", "admin"].iter().position(|x| *x == r).unwrap();
+    let rank = |r: &str| {
+        ["viewer", "responder", "operator", "admin"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
     for (args, least) in &cases {
-        for (role, tok) in [("viewer", &viewer), ("responder", &responder), ("operator", &operator)] {
+        for (role, tok) in [
+            ("viewer", &viewer),
+            ("responder", &responder),
+            ("operator", &operator),
+        ] {
             let out = c.opsctl_as(tok, args);
             let allowed = rank(role) >= rank(least);
             if allowed {
-                assert!(out.status.success(), "{role} should run {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    out.status.success(),
+                    "{role} should run {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             } else {
                 assert_eq!(out.status.code(), Some(1), "{role} must not run {args:?}");
-                assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{role} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(
+                    String::from_utf8_lossy(&out.stderr).contains("403"),
+                    "{role} {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
     }
     // a viewer reads everything but secrets
-    for args in [vec!["agents", "list"], vec!["flags", "list", "--env", "prod"], vec!["audit", "list"], vec!["killswitches", "list", "--env", "prod"], vec!["audit", "verify"]] {
-        assert!(c.opsctl_as(&viewer, &args).status.success(), "viewer {args:?}");
+    for args in [
+        vec!["agents", "list"],
+        vec!["flags", "list", "--env", "prod"],
+        vec!["audit", "list"],
+        vec!["killswitches", "list", "--env", "prod"],
+        vec!["audit", "verify"],
+    ] {
+        assert!(
+            c.opsctl_as(&viewer, &args).status.success(),
+            "viewer {args:?}"
+        );
     }
-    assert_eq!(c.opsctl_as(&viewer, &["tokens", "list"]).status.code(), Some(1));
+    assert_eq!(
+        c.opsctl_as(&viewer, &["tokens", "list"]).status.code(),
+        Some(1)
+    );
 }
 
 #[test]
 fn bad_definitions_and_unknown_switches_are_refused_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let c = Collector::start(tmp.path());
-    let good = write_file(tmp.path(), "good.json", r#"{"flags":{"a":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}}}"#);
-    let rev = c.json(&["flags", "apply", good.to_str().unwrap(), "--env", "prod", "--reason", "seed"])["revision"].as_u64().unwrap();
-    let bad = write_file(tmp.path(), "bad.json", r#"{"flags":{"a":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"maybe"}}}"#);
-    let out = c.opsctl(&["flags", "apply", bad.to_str().unwrap(), "--env", "prod", "--reason", "x"]);
+    let good = write_file(
+        tmp.path(),
+        "good.json",
+        r#"{"flags":{"a":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}}}"#,
+    );
+    let rev = c.json(&[
+        "flags",
+        "apply",
+        good.to_str().unwrap(),
+        "--env",
+        "prod",
+        "--reason",
+        "seed",
+    ])["revision"]
+        .as_u64()
+        .unwrap();
+    let bad = write_file(
+        tmp.path(),
+        "bad.json",
+        r#"{"flags":{"a":{"state":"ENABLED","variants":{"on":true,"off":false},"defaultVariant":"maybe"}}}"#,
+    );
+    let out = c.opsctl(&[
+        "flags",
+        "apply",
+        bad.to_str().unwrap(),
+        "--env",
+        "prod",
+        "--reason",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("\"a\"") && err.contains("maybe"), "{err}");
     let broken = write_file(tmp.path(), "broken.json", "{\"flags\": {\n  \"a\": \n}");
-    let out = c.opsctl(&["flags", "apply", broken.to_str().unwrap(), "--env", "prod", "--reason", "x"]);
+    let out = c.opsctl(&[
+        "flags",
+        "apply",
+        broken.to_str().unwrap(),
+        "--env",
+        "prod",
+        "--reason",
+        "x",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.json:3"), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(c.json(&["flags", "list", "--env", "prod"])["revision"].as_u64(), Some(rev));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken.json:3"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        c.json(&["flags", "list", "--env", "prod"])["revision"].as_u64(),
+        Some(rev)
+    );
 
     // dry run prints the diff and applies nothing
-    let next = write_file(tmp.path(), "next.json", r#"{"flags":{"a":{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}}}"#);
-    let out = c.ok(&["flags", "apply", next.to_str().unwrap(), "--env", "prod", "--dry-run"]);
-    assert!(out.contains("/flags/a/state") && out.contains("dry run"), "{out}");
-    assert_eq!(c.json(&["flags", "list", "--env", "prod"])["revision"].as_u64(), Some(rev));
+    let next = write_file(
+        tmp.path(),
+        "next.json",
+        r#"{"flags":{"a":{"state":"DISABLED","variants":{"on":true,"off":false},"defaultVariant":"on"}}}"#,
+    );
+    let out = c.ok(&[
+        "flags",
+        "apply",
+        next.to_str().unwrap(),
+        "--env",
+        "prod",
+        "--dry-run",
+    ]);
+    assert!(
+        out.contains("/flags/a/state") && out.contains("dry run"),
+        "{out}"
+    );
+    assert_eq!(
+        c.json(&["flags", "list", "--env", "prod"])["revision"].as_u64(),
+        Some(rev)
+    );
     // a reason is required
-    assert_eq!(c.opsctl(&["flags", "apply", next.to_str().unwrap(), "--env", "prod"]).status.code(), Some(2));
+    assert_eq!(
+        c.opsctl(&["flags", "apply", next.to_str().unwrap(), "--env", "prod"])
+            .status
+            .code(),
+        Some(2)
+    );
 
-    c.ok(&["killswitches", "create", "checkout-payments", "--description", "x"]);
-    let out = c.opsctl(&["kill", "checkout-payment", "--env", "prod", "--reason", "typo"]);
+    c.ok(&[
+        "killswitches",
+        "create",
+        "checkout-payments",
+        "--description",
+        "x",
+    ]);
+    let out = c.opsctl(&[
+        "kill",
+        "checkout-payment",
+        "--env",
+        "prod",
+        "--reason",
+        "typo",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("unknown kill switch") && err.contains("checkout-payments"), "{err}");
+    assert!(
+        err.contains("unknown kill switch") && err.contains("checkout-payments"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -190,7 +417,14 @@ fn audit_chain_detects_edits_deletions_and_reordering() {
     c.ok(&["killswitches", "create", "pay", "--description", "payments"]);
     for i in 0..3 {
         c.ok(&["kill", "pay", "--env", "prod", "--reason", &format!("k{i}")]);
-        c.ok(&["revive", "pay", "--env", "prod", "--reason", &format!("r{i}")]);
+        c.ok(&[
+            "revive",
+            "pay",
+            "--env",
+            "prod",
+            "--reason",
+            &format!("r{i}"),
+        ]);
     }
     let out = c.ok(&["audit", "verify"]);
     assert!(out.contains("intact"), "{out}");
@@ -203,10 +437,17 @@ fn audit_chain_detects_edits_deletions_and_reordering() {
     let csv = c.ok(&["audit", "export", "--format", "csv"]);
     assert_eq!(csv.lines().count(), n + 1);
     assert!(csv.starts_with("seq,time,actor"));
-    let kill_entry = jsonl.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|e| e["action"] == "killswitch.kill").unwrap();
+    let kill_entry = jsonl
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["action"] == "killswitch.kill")
+        .unwrap();
     assert_eq!(kill_entry["reason"], "k0");
     assert_eq!(kill_entry["source"], "127.0.0.1");
-    assert!(kill_entry["user_agent"].as_str().unwrap().starts_with("opsctl/"));
+    assert!(kill_entry["user_agent"]
+        .as_str()
+        .unwrap()
+        .starts_with("opsctl/"));
     assert_eq!(kill_entry["diff"][0]["after"], true, "{kill_entry}");
 
     let db = tmp.path().join("collector-data/opsplane.db");
@@ -216,7 +457,10 @@ fn audit_chain_detects_edits_deletions_and_reordering() {
     };
     let verify = |c: &Collector| {
         let out = c.opsctl(&["audit", "verify"]);
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     c.stop();
     tamper("UPDATE audit SET reason = 'nothing to see' WHERE seq = 5;");
@@ -235,7 +479,8 @@ fn audit_chain_detects_edits_deletions_and_reordering() {
     c.ok(&["kill", "pay", "--env", "prod", "--reason", "k"]);
     c.stop();
     let conn = rusqlite::Connection::open(tmp.path().join("collector-data/opsplane.db")).unwrap();
-    conn.execute_batch("DELETE FROM audit WHERE seq = 4;").unwrap();
+    conn.execute_batch("DELETE FROM audit WHERE seq = 4;")
+        .unwrap();
     drop(conn);
     c.run();
     let (code, out) = verify(&c);
@@ -249,12 +494,17 @@ fn audit_chain_detects_edits_deletions_and_reordering() {
     c2.ok(&["kill", "pay", "--env", "prod", "--reason", "x"]);
     c2.stop();
     let conn = rusqlite::Connection::open(tmp2.path().join("collector-data/opsplane.db")).unwrap();
-    conn.execute_batch("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit);").unwrap();
+    conn.execute_batch("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit);")
+        .unwrap();
     drop(conn);
     c2.run();
     let out = c2.opsctl(&["audit", "verify"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("removed from the end"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed from the end"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -283,10 +533,24 @@ fn reordered_entries_are_detected() {
 
 #[test]
 fn the_example_configs_in_deploy_are_valid() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let (code, out, err) = run("opsplane-agent", &["check-config", root.join("deploy/agent.toml").to_str().unwrap()]);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let (code, out, err) = run(
+        "opsplane-agent",
+        &[
+            "check-config",
+            root.join("deploy/agent.toml").to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
-    let (code, out, err) = run("opsplane-collector", &["check-config", root.join("deploy/collector.toml").to_str().unwrap()]);
+    let (code, out, err) = run(
+        "opsplane-collector",
+        &[
+            "check-config",
+            root.join("deploy/collector.toml").to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, 0, "{out}{err}");
     let demo = std::fs::read_to_string(root.join("deploy/demo/flags.json")).unwrap();
     common::flags::FlagSet::parse(&demo).expect("demo flags are valid");

@@ -14,7 +14,8 @@ const FLAGS: &str = r#"{"flags": {
 }}"#;
 
 fn agent_config(token: &str, ingest: &str, hooks_log: &std::path::Path) -> (String, String) {
-    let head = "service = \"web\"\nenvironment = \"prod\"\nlabels = { region = \"eu-west\" }".to_string();
+    let head =
+        "service = \"web\"\nenvironment = \"prod\"\nlabels = { region = \"eu-west\" }".to_string();
     let tail = format!(
         r#"[collector]
 url = "{ingest}"
@@ -52,7 +53,11 @@ fn killed_count(c: &Collector) -> (u64, u64, Value) {
         .find(|k| k["name"] == "checkout-payments")
         .cloned()
         .expect("switch listed");
-    (k["applied"].as_u64().unwrap(), k["agents"].as_u64().unwrap(), k)
+    (
+        k["applied"].as_u64().unwrap(),
+        k["agents"].as_u64().unwrap(),
+        k,
+    )
 }
 
 #[test]
@@ -78,11 +83,22 @@ fn flags_and_kill_switches_end_to_end_with_faults() {
 
     // flags pushed and evaluated with the agent's own context merged with the request's
     let f = write_file(tmp.path(), "flags.json", FLAGS);
-    let applied = c.json(&["flags", "apply", f.to_str().unwrap(), "--env", "prod", "--reason", "first flags"]);
+    let applied = c.json(&[
+        "flags",
+        "apply",
+        f.to_str().unwrap(),
+        "--env",
+        "prod",
+        "--reason",
+        "first flags",
+    ]);
     let rev = applied["revision"].as_u64().unwrap();
     agent.wait_revision(rev);
     let r: Value = client
-        .post(format!("{}/ofrep/v1/evaluate/flags/new-checkout", agent.api_url))
+        .post(format!(
+            "{}/ofrep/v1/evaluate/flags/new-checkout",
+            agent.api_url
+        ))
         .json(&serde_json::json!({"context": {"targetingKey": "u1", "email": "a@example.com"}}))
         .send()
         .unwrap()
@@ -97,20 +113,55 @@ fn flags_and_kill_switches_end_to_end_with_faults() {
     assert_eq!(v["revision"], rev);
 
     // before the kill: the proxy passes everything
-    let pay = || client.post(format!("{proxy}/api/pay")).body("{}").send().unwrap();
+    let pay = || {
+        client
+            .post(format!("{proxy}/api/pay"))
+            .body("{}")
+            .send()
+            .unwrap()
+    };
     assert_eq!(pay().status(), 200);
     let hits_before = up.hits();
 
     // kill: the proxy answers 503 with Retry-After, the upstream never sees it
-    c.ok(&["kill", "checkout-payments", "--env", "prod", "--reason", "card processor down"]);
-    wait_for("kill enforced", Duration::from_secs(10), || (pay().status() == 503).then_some(()));
+    c.ok(&[
+        "kill",
+        "checkout-payments",
+        "--env",
+        "prod",
+        "--reason",
+        "card processor down",
+    ]);
+    wait_for("kill enforced", Duration::from_secs(10), || {
+        (pay().status() == 503).then_some(())
+    });
     let r = pay();
     assert_eq!(r.headers()["retry-after"], "120");
     assert_eq!(r.headers()["x-opsplane-killswitch"], "checkout-payments");
     assert_eq!(r.text().unwrap(), "Payments are paused for maintenance");
-    assert_eq!(client.get(format!("{proxy}/api/pay")).send().unwrap().status(), 200, "other methods pass");
-    assert_eq!(client.post(format!("{proxy}/api/orders")).send().unwrap().status(), 200, "other paths pass");
-    assert_eq!(up.hits(), hits_before + 2, "blocked requests never reach the app");
+    assert_eq!(
+        client
+            .get(format!("{proxy}/api/pay"))
+            .send()
+            .unwrap()
+            .status(),
+        200,
+        "other methods pass"
+    );
+    assert_eq!(
+        client
+            .post(format!("{proxy}/api/orders"))
+            .send()
+            .unwrap()
+            .status(),
+        200,
+        "other paths pass"
+    );
+    assert_eq!(
+        up.hits(),
+        hits_before + 2,
+        "blocked requests never reach the app"
+    );
     let (_, ks) = agent.get("/v1/killswitches/checkout-payments");
     assert_eq!(ks["killed"], true);
     assert_eq!(ks["reason"], "card processor down");
@@ -124,7 +175,14 @@ fn flags_and_kill_switches_end_to_end_with_faults() {
     });
 
     // a second kill is a no-op: no new revision, no second hook run
-    let again = c.ok(&["kill", "checkout-payments", "--env", "prod", "--reason", "again"]);
+    let again = c.ok(&[
+        "kill",
+        "checkout-payments",
+        "--env",
+        "prod",
+        "--reason",
+        "again",
+    ]);
     assert!(again.contains("already killed"), "{again}");
 
     // collector stopped: the agent keeps serving and enforcing
@@ -148,37 +206,90 @@ fn flags_and_kill_switches_end_to_end_with_faults() {
     assert_eq!(s["flags"]["stale"], true);
     assert_eq!(s["flags"]["revision"].as_u64().unwrap(), rev + 1);
     assert_eq!(pay().status(), 503);
-    assert_eq!(hooks(&hooks_log).len(), 1, "a restart does not run on_kill again");
+    assert_eq!(
+        hooks(&hooks_log).len(),
+        1,
+        "a restart does not run on_kill again"
+    );
 
     // collector back: the agent reconnects and catches up
     c.run();
     agent.wait_revision(rev + 1);
-    c.ok(&["revive", "checkout-payments", "--env", "prod", "--reason", "processor back"]);
-    wait_for("revived", Duration::from_secs(20), || (pay().status() == 200).then_some(()));
+    c.ok(&[
+        "revive",
+        "checkout-payments",
+        "--env",
+        "prod",
+        "--reason",
+        "processor back",
+    ]);
+    wait_for("revived", Duration::from_secs(20), || {
+        (pay().status() == 200).then_some(())
+    });
     wait_for("on_revive ran", Duration::from_secs(10), || {
         (hooks(&hooks_log) == ["kill checkout-payments", "revive checkout-payments"]).then_some(())
     });
 
     // agent SIGKILLed while several revisions go by: it catches up to the newest
     agent.proc.as_mut().unwrap().kill9();
-    c.ok(&["flags", "set", "banner", "--env", "prod", "--default-variant", "red", "--reason", "r1"]);
-    c.ok(&["kill", "checkout-payments", "--env", "prod", "--reason", "r2"]);
-    let last = c.json(&["flags", "set", "new-checkout", "--env", "prod", "--state", "DISABLED", "--reason", "r3"]);
+    c.ok(&[
+        "flags",
+        "set",
+        "banner",
+        "--env",
+        "prod",
+        "--default-variant",
+        "red",
+        "--reason",
+        "r1",
+    ]);
+    c.ok(&[
+        "kill",
+        "checkout-payments",
+        "--env",
+        "prod",
+        "--reason",
+        "r2",
+    ]);
+    let last = c.json(&[
+        "flags",
+        "set",
+        "new-checkout",
+        "--env",
+        "prod",
+        "--state",
+        "DISABLED",
+        "--reason",
+        "r3",
+    ]);
     let last_rev = last["revision"].as_u64().unwrap();
     agent.run();
     agent.wait_revision(last_rev);
     assert_eq!(agent.get("/v1/flags/banner").1["value"], "red");
     let (_, v) = agent.get("/v1/flags/new-checkout");
     assert_eq!(v["reason"], "DISABLED");
-    assert!(v.get("value").is_none(), "a disabled flag has no value: {v}");
+    assert!(
+        v.get("value").is_none(),
+        "a disabled flag has no value: {v}"
+    );
     assert_eq!(pay().status(), 503);
 
     // collector restarted: the stream resumes and new revisions arrive
     let (st, took) = c.proc.as_mut().unwrap().terminate();
     assert!(st.success(), "collector exit {st}");
-    assert!(took < Duration::from_secs(6), "collector SIGTERM took {took:?}");
+    assert!(
+        took < Duration::from_secs(6),
+        "collector SIGTERM took {took:?}"
+    );
     c.run();
-    let r = c.json(&["revive", "checkout-payments", "--env", "prod", "--reason", "r4"]);
+    let r = c.json(&[
+        "revive",
+        "checkout-payments",
+        "--env",
+        "prod",
+        "--reason",
+        "r4",
+    ]);
     agent.wait_revision(r["revision"].as_u64().unwrap());
     assert_eq!(pay().status(), 200);
     wait_for("applied after restart", Duration::from_secs(10), || {
@@ -188,7 +299,12 @@ fn flags_and_kill_switches_end_to_end_with_faults() {
 
     // the whole story is in the audit log, and the chain verifies
     let audit = c.ok(&["audit", "list"]);
-    for action in ["flags.apply", "killswitch.kill", "killswitch.revive", "flags.set"] {
+    for action in [
+        "flags.apply",
+        "killswitch.kill",
+        "killswitch.revive",
+        "flags.set",
+    ] {
         assert!(audit.contains(action), "{action} missing from\n{audit}");
     }
     c.ok(&["audit", "verify"]);
@@ -202,16 +318,38 @@ fn laggards_are_named_and_revocation_cuts_an_agent_off() {
     let hooks_log = tmp.path().join("hooks.log");
     let (head, tail) = agent_config(&token, &c.ingest_url, &hooks_log);
     let up = Upstream::start();
-    let a1 = Agent::start(&tmp.path().join("a1"), &head.replace("labels", "instance = \"a1\"\nlabels"), Some(&up.url), &tail);
-    let a2 = Agent::start(&tmp.path().join("a2"), &head.replace("labels", "instance = \"a2\"\nlabels"), Some(&up.url), &tail);
+    let a1 = Agent::start(
+        &tmp.path().join("a1"),
+        &head.replace("labels", "instance = \"a1\"\nlabels"),
+        Some(&up.url),
+        &tail,
+    );
+    let a2 = Agent::start(
+        &tmp.path().join("a2"),
+        &head.replace("labels", "instance = \"a2\"\nlabels"),
+        Some(&up.url),
+        &tail,
+    );
     wait_for("two agents connected", Duration::from_secs(20), || {
         let v = c.json(&["agents", "list", "--env", "prod"]);
-        let n = v["agents"].as_array().unwrap().iter().filter(|a| a["state"] == "connected").count();
+        let n = v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["state"] == "connected")
+            .count();
         (n == 2).then_some(())
     });
     // a2 frozen (SIGSTOP): it cannot apply the kill and is named as lagging
     a2.proc.as_ref().unwrap().signal("-STOP");
-    c.ok(&["kill", "checkout-payments", "--env", "prod", "--reason", "test"]);
+    c.ok(&[
+        "kill",
+        "checkout-payments",
+        "--env",
+        "prod",
+        "--reason",
+        "test",
+    ]);
     let k = wait_for("one of two applied", Duration::from_secs(10), || {
         let (n, m, k) = killed_count(&c);
         (n == 1 && m == 2).then_some(k)
@@ -233,10 +371,19 @@ fn laggards_are_named_and_revocation_cuts_an_agent_off() {
         (a1.status()["collector"]["revoked"] == true).then_some(())
     });
     let v = c.json(&["agents", "list"]);
-    let row = v["agents"].as_array().unwrap().iter().find(|a| a["id"] == id.as_str()).unwrap().clone();
+    let row = v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .unwrap()
+        .clone();
     assert_eq!(row["state"], "revoked");
     // still serving and enforcing what it had
-    assert_eq!(a1.get("/v1/killswitches/checkout-payments").1["killed"], true);
+    assert_eq!(
+        a1.get("/v1/killswitches/checkout-payments").1["killed"],
+        true
+    );
     drop(a2);
 }
 
@@ -245,12 +392,30 @@ fn enrollment_token_must_match_the_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let c = Collector::start(tmp.path());
     let token = c.enroll_token("staging", "api");
-    let tail = format!("[collector]\nurl = \"{}\"\ntoken = \"{token}\"\n", c.ingest_url);
-    let a = Agent::start(&tmp.path().join("a"), "service = \"web\"\nenvironment = \"prod\"", None, &tail);
+    let tail = format!(
+        "[collector]\nurl = \"{}\"\ntoken = \"{token}\"\n",
+        c.ingest_url
+    );
+    let a = Agent::start(
+        &tmp.path().join("a"),
+        "service = \"web\"\nenvironment = \"prod\"",
+        None,
+        &tail,
+    );
     wait_for("mismatch reported", Duration::from_secs(10), || {
         let s = a.status();
-        s["collector"]["last_error"].as_str().filter(|e| e.contains("ENROLL_MISMATCH")).map(|_| ())
+        s["collector"]["last_error"]
+            .as_str()
+            .filter(|e| e.contains("ENROLL_MISMATCH"))
+            .map(|_| ())
     });
-    assert_eq!(a.get("/readyz").0, 503, "no snapshot without a collector or cache");
-    assert!(c.json(&["agents", "list"])["agents"].as_array().unwrap().is_empty());
+    assert_eq!(
+        a.get("/readyz").0,
+        503,
+        "no snapshot without a collector or cache"
+    );
+    assert!(c.json(&["agents", "list"])["agents"]
+        .as_array()
+        .unwrap()
+        .is_empty());
 }

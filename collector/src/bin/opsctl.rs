@@ -204,7 +204,12 @@ struct Client {
 }
 
 impl Client {
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<reqwest::blocking::Response, Failure> {
+    fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::blocking::Response, Failure> {
         let url = format!("{}/api/v1{}", self.base, path);
         let mut req = self
             .http
@@ -214,9 +219,9 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req
-            .send()
-            .map_err(|e| Failure::Op(format!("cannot reach the collector at {}: {e}", self.base)))?;
+        let resp = req.send().map_err(|e| {
+            Failure::Op(format!("cannot reach the collector at {}: {e}", self.base))
+        })?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -276,7 +281,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(cli) {
@@ -307,7 +316,12 @@ fn run(cli: Cli) -> Out {
         .timeout(std::time::Duration::from_secs(60))
         .build()
         .map_err(|e| Failure::Op(e.to_string()))?;
-    let c = Client { base, token, http, json: cli.json };
+    let c = Client {
+        base,
+        token,
+        http,
+        json: cli.json,
+    };
     match cli.cmd {
         Cmd::Agents(a) => agents(&c, a),
         Cmd::Flags(f) => flags(&c, f),
@@ -332,25 +346,49 @@ fn agents(c: &Client, cmd: AgentsCmd) -> Out {
             }
             let v = c.get(&path)?;
             c.show(&v, |v| {
-                println!("{:<14} {:<10} {:<12} {:<20} {:<10} {:<9} {:<24} REVISION", "ID", "ENV", "SERVICE", "INSTANCE", "VERSION", "STATE", "LAST SEEN");
+                println!(
+                    "{:<14} {:<10} {:<12} {:<20} {:<10} {:<9} {:<24} REVISION",
+                    "ID", "ENV", "SERVICE", "INSTANCE", "VERSION", "STATE", "LAST SEEN"
+                );
                 for a in v["agents"].as_array().into_iter().flatten() {
                     println!(
                         "{:<14} {:<10} {:<12} {:<20} {:<10} {:<9} {:<24} {}",
-                        s(&a["id"]), s(&a["environment"]), s(&a["service"]), s(&a["instance"]),
-                        s(&a["version"]), s(&a["state"]), s(&a["last_seen"]), s(&a["applied_revision"])
+                        s(&a["id"]),
+                        s(&a["environment"]),
+                        s(&a["service"]),
+                        s(&a["instance"]),
+                        s(&a["version"]),
+                        s(&a["state"]),
+                        s(&a["last_seen"]),
+                        s(&a["applied_revision"])
                     );
                 }
             });
         }
-        AgentsCmd::EnrollToken { env, service, expires } => {
-            let v = c.post("/agents/enroll-tokens", json!({"environment": env, "service": service, "expires": expires}))?;
+        AgentsCmd::EnrollToken {
+            env,
+            service,
+            expires,
+        } => {
+            let v = c.post(
+                "/agents/enroll-tokens",
+                json!({"environment": env, "service": service, "expires": expires}),
+            )?;
             c.show(&v, |v| {
-                println!("enrollment token for service {} in {} (expires {}):", s(&v["service"]), s(&v["environment"]), s(&v["expires"]));
+                println!(
+                    "enrollment token for service {} in {} (expires {}):",
+                    s(&v["service"]),
+                    s(&v["environment"]),
+                    s(&v["expires"])
+                );
                 println!("{}", s(&v["token"]));
             });
         }
         AgentsCmd::Revoke { id, reason } => {
-            let v = c.post(&format!("/agents/{}/revoke", q(&id)), json!({"reason": reason}))?;
+            let v = c.post(
+                &format!("/agents/{}/revoke", q(&id)),
+                json!({"reason": reason}),
+            )?;
             c.show(&v, |_| println!("agent {id} revoked"));
         }
     }
@@ -359,11 +397,21 @@ fn agents(c: &Client, cmd: AgentsCmd) -> Out {
 
 fn flags(c: &Client, cmd: FlagsCmd) -> Out {
     match cmd {
-        FlagsCmd::Apply { file, env, dry_run, reason } => {
+        FlagsCmd::Apply {
+            file,
+            env,
+            dry_run,
+            reason,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
             let definition: Value = serde_json::from_str(&text).map_err(|e| {
-                Failure::Usage(format!("{}:{}:{}: invalid JSON: {e}", file.display(), e.line(), e.column()))
+                Failure::Usage(format!(
+                    "{}:{}:{}: invalid JSON: {e}",
+                    file.display(),
+                    e.line(),
+                    e.column()
+                ))
             })?;
             let v = c.post(
                 "/flags/apply",
@@ -387,22 +435,56 @@ fn flags(c: &Client, cmd: FlagsCmd) -> Out {
             let v = c.get(&format!("/flags?environment={}", q(&env)))?;
             c.show(&v, |v| {
                 println!("revision {} in {}", s(&v["revision"]), env);
-                println!("{:<32} {:<9} {:<16} {:<10} VARIANTS", "KEY", "STATE", "DEFAULT", "TARGETING");
+                println!(
+                    "{:<32} {:<9} {:<16} {:<10} VARIANTS",
+                    "KEY", "STATE", "DEFAULT", "TARGETING"
+                );
                 if let Some(flags) = v["definition"]["flags"].as_object() {
                     for (k, f) in flags {
-                        let variants: Vec<&String> = f["variants"].as_object().map(|m| m.keys().collect()).unwrap_or_default();
-                        let targeting = if f.get("targeting").is_some_and(|t| t.as_object().is_some_and(|o| !o.is_empty())) { "yes" } else { "no" };
-                        println!("{:<32} {:<9} {:<16} {:<10} {}", k, s(&f["state"]), s(&f["defaultVariant"]), targeting,
-                            variants.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "));
+                        let variants: Vec<&String> = f["variants"]
+                            .as_object()
+                            .map(|m| m.keys().collect())
+                            .unwrap_or_default();
+                        let targeting = if f
+                            .get("targeting")
+                            .is_some_and(|t| t.as_object().is_some_and(|o| !o.is_empty()))
+                        {
+                            "yes"
+                        } else {
+                            "no"
+                        };
+                        println!(
+                            "{:<32} {:<9} {:<16} {:<10} {}",
+                            k,
+                            s(&f["state"]),
+                            s(&f["defaultVariant"]),
+                            targeting,
+                            variants
+                                .iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
                     }
                 }
             });
         }
         FlagsCmd::Get { key, env } => {
             let v = c.get(&format!("/flags/{}?environment={}", q(&key), q(&env)))?;
-            c.show(&v, |v| println!("{}", serde_json::to_string_pretty(&v["flag"]).unwrap_or_default()));
+            c.show(&v, |v| {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&v["flag"]).unwrap_or_default()
+                )
+            });
         }
-        FlagsCmd::Set { key, env, state, default_variant, reason } => {
+        FlagsCmd::Set {
+            key,
+            env,
+            state,
+            default_variant,
+            reason,
+        } => {
             let v = c.post(
                 &format!("/flags/{}", q(&key)),
                 json!({"environment": env, "state": state, "default_variant": default_variant, "reason": reason}),
@@ -427,10 +509,19 @@ fn kill(c: &Client, k: KillArgs, killed: bool) -> Out {
         json!({"environment": k.env, "service": k.service, "reason": k.reason}),
     )?;
     c.show(&v, |v| {
-        let scope = k.service.as_ref().map(|s| format!(" for service {s}")).unwrap_or_default();
+        let scope = k
+            .service
+            .as_ref()
+            .map(|s| format!(" for service {s}"))
+            .unwrap_or_default();
         let state = if killed { "killed" } else { "alive" };
         if v["changed"].as_bool() == Some(true) {
-            println!("{} is now {state} in {}{scope} (revision {})", k.name, k.env, s(&v["revision"]));
+            println!(
+                "{} is now {state} in {}{scope} (revision {})",
+                k.name,
+                k.env,
+                s(&v["revision"])
+            );
         } else {
             println!("{} was already {state} in {}{scope}", k.name, k.env);
         }
@@ -443,7 +534,10 @@ fn killswitches(c: &Client, cmd: KillswitchesCmd) -> Out {
         KillswitchesCmd::List { env } => {
             let v = c.get(&format!("/killswitches?environment={}", q(&env)))?;
             c.show(&v, |v| {
-                println!("{:<24} {:<10} {:<7} {:<24} {:<12} {:<9} LAGGING", "NAME", "SERVICE", "STATE", "SINCE", "BY", "APPLIED");
+                println!(
+                    "{:<24} {:<10} {:<7} {:<24} {:<12} {:<9} LAGGING",
+                    "NAME", "SERVICE", "STATE", "SINCE", "BY", "APPLIED"
+                );
                 for k in v["killswitches"].as_array().into_iter().flatten() {
                     let lag: Vec<String> = k["lagging"]
                         .as_array()
@@ -455,17 +549,32 @@ fn killswitches(c: &Client, cmd: KillswitchesCmd) -> Out {
                         "{:<24} {:<10} {:<7} {:<24} {:<12} {:<9} {}",
                         s(&k["name"]),
                         k["service"].as_str().unwrap_or("*"),
-                        if k["killed"].as_bool() == Some(true) { "KILLED" } else { "alive" },
+                        if k["killed"].as_bool() == Some(true) {
+                            "KILLED"
+                        } else {
+                            "alive"
+                        },
                         s(&k["since"]),
-                        if k["by"].as_str().unwrap_or("").is_empty() { "-".to_string() } else { s(&k["by"]) },
+                        if k["by"].as_str().unwrap_or("").is_empty() {
+                            "-".to_string()
+                        } else {
+                            s(&k["by"])
+                        },
                         format!("{}/{}", s(&k["applied"]), s(&k["agents"])),
-                        if lag.is_empty() { "-".to_string() } else { lag.join(", ") }
+                        if lag.is_empty() {
+                            "-".to_string()
+                        } else {
+                            lag.join(", ")
+                        }
                     );
                 }
             });
         }
         KillswitchesCmd::Create { name, description } => {
-            let v = c.post("/killswitches", json!({"name": name, "description": description}))?;
+            let v = c.post(
+                "/killswitches",
+                json!({"name": name, "description": description}),
+            )?;
             c.show(&v, |_| println!("kill switch {name} declared"));
         }
     }
@@ -474,7 +583,12 @@ fn killswitches(c: &Client, cmd: KillswitchesCmd) -> Out {
 
 fn audit(c: &Client, cmd: AuditCmd) -> Out {
     match cmd {
-        AuditCmd::List { since, actor, action, limit } => {
+        AuditCmd::List {
+            since,
+            actor,
+            action,
+            limit,
+        } => {
             let mut path = format!("/audit?limit={limit}");
             if let Some(x) = since {
                 path.push_str(&format!("&since={}", q(&x)));
@@ -488,8 +602,22 @@ fn audit(c: &Client, cmd: AuditCmd) -> Out {
             let v = c.get(&path)?;
             c.show(&v, |v| {
                 for e in v["entries"].as_array().into_iter().flatten() {
-                    let reason = e["reason"].as_str().filter(|r| !r.is_empty()).map(|r| format!(" reason={r:?}")).unwrap_or_default();
-                    println!("#{} {} {} ({}, {}) {} {}{}", s(&e["seq"]), s(&e["time"]), s(&e["actor"]), s(&e["role"]), s(&e["source"]), s(&e["action"]), s(&e["target"]), reason);
+                    let reason = e["reason"]
+                        .as_str()
+                        .filter(|r| !r.is_empty())
+                        .map(|r| format!(" reason={r:?}"))
+                        .unwrap_or_default();
+                    println!(
+                        "#{} {} {} ({}, {}) {} {}{}",
+                        s(&e["seq"]),
+                        s(&e["time"]),
+                        s(&e["actor"]),
+                        s(&e["role"]),
+                        s(&e["source"]),
+                        s(&e["action"]),
+                        s(&e["target"]),
+                        reason
+                    );
                 }
             });
             Ok(ExitCode::SUCCESS)
@@ -499,15 +627,31 @@ fn audit(c: &Client, cmd: AuditCmd) -> Out {
             let ok = v["ok"].as_bool() == Some(true);
             c.show(&v, |v| {
                 if ok {
-                    println!("audit chain intact: {} entries, head {}", s(&v["entries"]), s(&v["head_hash"]));
+                    println!(
+                        "audit chain intact: {} entries, head {}",
+                        s(&v["entries"]),
+                        s(&v["head_hash"])
+                    );
                 } else {
-                    println!("AUDIT CHAIN BROKEN at entry {}: {}", s(&v["first_bad_seq"]), s(&v["problem"]));
+                    println!(
+                        "AUDIT CHAIN BROKEN at entry {}: {}",
+                        s(&v["first_bad_seq"]),
+                        s(&v["problem"])
+                    );
                 }
             });
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         AuditCmd::Export { format } => {
-            let resp = c.call(reqwest::Method::GET, &format!("/audit/export?format={format}"), None)?;
+            let resp = c.call(
+                reqwest::Method::GET,
+                &format!("/audit/export?format={format}"),
+                None,
+            )?;
             let text = resp.text().map_err(|e| Failure::Op(e.to_string()))?;
             print!("{text}");
             Ok(ExitCode::SUCCESS)
@@ -517,24 +661,51 @@ fn audit(c: &Client, cmd: AuditCmd) -> Out {
 
 fn tokens(c: &Client, cmd: TokensCmd) -> Out {
     match cmd {
-        TokensCmd::Create { name, role, expires } => {
-            let v = c.post("/tokens", json!({"name": name, "role": role, "expires": expires}))?;
+        TokensCmd::Create {
+            name,
+            role,
+            expires,
+        } => {
+            let v = c.post(
+                "/tokens",
+                json!({"name": name, "role": role, "expires": expires}),
+            )?;
             c.show(&v, |v| {
-                println!("API token {} ({}, role {}, expires {}):", s(&v["id"]), s(&v["name"]), s(&v["role"]), s(&v["expires"]));
+                println!(
+                    "API token {} ({}, role {}, expires {}):",
+                    s(&v["id"]),
+                    s(&v["name"]),
+                    s(&v["role"]),
+                    s(&v["expires"])
+                );
                 println!("{}", s(&v["token"]));
             });
         }
         TokensCmd::List => {
             let v = c.get("/tokens")?;
             c.show(&v, |v| {
-                println!("{:<10} {:<20} {:<10} {:<24} {:<24} REVOKED", "ID", "NAME", "ROLE", "CREATED", "EXPIRES");
+                println!(
+                    "{:<10} {:<20} {:<10} {:<24} {:<24} REVOKED",
+                    "ID", "NAME", "ROLE", "CREATED", "EXPIRES"
+                );
                 for t in v["tokens"].as_array().into_iter().flatten() {
-                    println!("{:<10} {:<20} {:<10} {:<24} {:<24} {}", s(&t["id"]), s(&t["name"]), s(&t["role"]), s(&t["created"]), s(&t["expires"]), s(&t["revoked"]));
+                    println!(
+                        "{:<10} {:<20} {:<10} {:<24} {:<24} {}",
+                        s(&t["id"]),
+                        s(&t["name"]),
+                        s(&t["role"]),
+                        s(&t["created"]),
+                        s(&t["expires"]),
+                        s(&t["revoked"])
+                    );
                 }
             });
         }
         TokensCmd::Revoke { id, reason } => {
-            let v = c.post(&format!("/tokens/{}/revoke", q(&id)), json!({"reason": reason}))?;
+            let v = c.post(
+                &format!("/tokens/{}/revoke", q(&id)),
+                json!({"reason": reason}),
+            )?;
             c.show(&v, |_| println!("token {id} revoked"));
         }
     }
@@ -543,7 +714,11 @@ fn tokens(c: &Client, cmd: TokensCmd) -> Out {
 
 fn users(c: &Client, cmd: UsersCmd) -> Out {
     match cmd {
-        UsersCmd::Add { name, role, password_file } => {
+        UsersCmd::Add {
+            name,
+            role,
+            password_file,
+        } => {
             let password = match password_file {
                 Some(f) => Some(
                     std::fs::read_to_string(&f)
@@ -553,7 +728,10 @@ fn users(c: &Client, cmd: UsersCmd) -> Out {
                 ),
                 None => None,
             };
-            let v = c.post("/users", json!({"name": name, "role": role, "password": password}))?;
+            let v = c.post(
+                "/users",
+                json!({"name": name, "role": role, "password": password}),
+            )?;
             c.show(&v, |v| {
                 println!("user {} added with role {}", s(&v["name"]), s(&v["role"]));
                 if let Some(p) = v["password"].as_str() {
@@ -566,7 +744,12 @@ fn users(c: &Client, cmd: UsersCmd) -> Out {
             let v = c.get("/users")?;
             c.show(&v, |v| {
                 for u in v["users"].as_array().into_iter().flatten() {
-                    println!("{:<24} {:<10} {}", s(&u["name"]), s(&u["role"]), s(&u["created"]));
+                    println!(
+                        "{:<24} {:<10} {}",
+                        s(&u["name"]),
+                        s(&u["role"]),
+                        s(&u["created"])
+                    );
                 }
             });
         }

@@ -126,7 +126,8 @@ pub fn ack_many(tx: &Transaction<'_>, acks: &[(String, u64, i64)]) -> Result<()>
     Ok(())
 }
 
-const COLUMNS: &str = "id, service, environment, instance, host, version, labels, enrolled_ms, last_seen_ms,
+const COLUMNS: &str =
+    "id, service, environment, instance, host, version, labels, enrolled_ms, last_seen_ms,
     applied_revision, applied_ms, killswitches, revoked_ms";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
@@ -149,7 +150,11 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AgentRow> {
     })
 }
 
-pub fn list(conn: &Connection, environment: Option<&str>, service: Option<&str>) -> Result<Vec<AgentRow>> {
+pub fn list(
+    conn: &Connection,
+    environment: Option<&str>,
+    service: Option<&str>,
+) -> Result<Vec<AgentRow>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM agents
          WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR service = ?2)
@@ -161,14 +166,20 @@ pub fn list(conn: &Connection, environment: Option<&str>, service: Option<&str>)
 
 pub fn get(conn: &Connection, id: &str) -> Result<Option<AgentRow>> {
     Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM agents WHERE id = ?1"), [id], row)
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM agents WHERE id = ?1"),
+            [id],
+            row,
+        )
         .optional()?)
 }
 
 pub fn revoke(tx: &Transaction<'_>, actor: &Actor, id: &str, reason: &str) -> Result<()> {
     let before = get(tx, id)?.ok_or_else(|| StoreError::NotFound(format!("no agent {id:?}")))?;
     if before.revoked_ms.is_some() {
-        return Err(StoreError::Conflict(format!("agent {id} is already revoked")));
+        return Err(StoreError::Conflict(format!(
+            "agent {id} is already revoked"
+        )));
     }
     tx.execute(
         "UPDATE agents SET revoked_ms = ?2 WHERE id = ?1",

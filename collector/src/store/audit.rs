@@ -46,7 +46,16 @@ pub struct NewEntry<'a> {
 fn entry_hash(prev: &str, e: &AuditEntry) -> String {
     // canonical form: a JSON array of the fields in a fixed order
     let body = serde_json::json!([
-        e.seq, e.ts_ms, e.actor, e.role, e.source, e.user_agent, e.action, e.target, e.reason, e.diff
+        e.seq,
+        e.ts_ms,
+        e.actor,
+        e.role,
+        e.source,
+        e.user_agent,
+        e.action,
+        e.target,
+        e.reason,
+        e.diff
     ]);
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
@@ -198,7 +207,10 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport> {
             bad = Some((
                 expected_seq.min(e.seq),
                 if e.seq > expected_seq {
-                    format!("entry {expected_seq} is missing (deleted?): the next entry is {}", e.seq)
+                    format!(
+                        "entry {expected_seq} is missing (deleted?): the next entry is {}",
+                        e.seq
+                    )
                 } else {
                     format!("entry {} is out of order", e.seq)
                 },
@@ -206,11 +218,24 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport> {
             return Ok(());
         }
         if e.prev_hash != prev {
-            bad = Some((e.seq, format!("entry {} does not link to entry {} (reordered or replaced)", e.seq, e.seq - 1)));
+            bad = Some((
+                e.seq,
+                format!(
+                    "entry {} does not link to entry {} (reordered or replaced)",
+                    e.seq,
+                    e.seq - 1
+                ),
+            ));
             return Ok(());
         }
         if entry_hash(&prev, &e) != e.hash {
-            bad = Some((e.seq, format!("entry {} was modified: its hash does not match its content", e.seq)));
+            bad = Some((
+                e.seq,
+                format!(
+                    "entry {} was modified: its hash does not match its content",
+                    e.seq
+                ),
+            ));
             return Ok(());
         }
         prev = e.hash.clone();
@@ -224,7 +249,11 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport> {
             Some(h) if h == want => {}
             None if count == 0 => {}
             Some(h) => {
-                let head_seq = h.split(':').next().and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+                let head_seq = h
+                    .split(':')
+                    .next()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .unwrap_or(0);
                 bad = Some((
                     expected_seq,
                     format!("the log ends at entry {} but its recorded head is {} (entries removed from the end?)", expected_seq - 1, head_seq),
@@ -243,7 +272,8 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport> {
 }
 
 /// CSV header and row for `audit export --format csv`.
-pub const CSV_HEADER: &str = "seq,time,actor,role,source,user_agent,action,target,reason,diff,prev_hash,hash";
+pub const CSV_HEADER: &str =
+    "seq,time,actor,role,source,user_agent,action,target,reason,diff,prev_hash,hash";
 
 pub fn csv_row(e: &AuditEntry) -> String {
     fn q(s: &str) -> String {

@@ -92,9 +92,11 @@ pub fn insert_revision(
     flags: Value,
     killswitches: Vec<KillState>,
 ) -> Result<Revision> {
-    let next: i64 = tx.query_row("SELECT COALESCE(MAX(revision), 0) + 1 FROM revisions", [], |r| {
-        r.get(0)
-    })?;
+    let next: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(revision), 0) + 1 FROM revisions",
+        [],
+        |r| r.get(0),
+    )?;
     let now = common::time::now_ms();
     tx.execute(
         "INSERT INTO revisions (revision, environment, created_ms, actor, summary, flags, killswitches)
@@ -197,10 +199,16 @@ pub fn set(
         .get_mut("flags")
         .and_then(|f| f.get_mut(key))
         .and_then(|f| f.as_object_mut())
-        .ok_or_else(|| StoreError::NotFound(format!("flag {key:?} is not defined in environment {environment:?}")))?;
+        .ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "flag {key:?} is not defined in environment {environment:?}"
+            ))
+        })?;
     if let Some(s) = state {
         if s != "ENABLED" && s != "DISABLED" {
-            return Err(StoreError::Invalid(format!("state must be ENABLED or DISABLED, not {s:?}")));
+            return Err(StoreError::Invalid(format!(
+                "state must be ENABLED or DISABLED, not {s:?}"
+            )));
         }
         flag.insert("state".into(), json!(s));
     }
@@ -219,7 +227,14 @@ pub fn set(
             None,
         ));
     }
-    let rev = insert_revision(tx, environment, actor, &summarize(&diff), after.clone(), kills)?;
+    let rev = insert_revision(
+        tx,
+        environment,
+        actor,
+        &summarize(&diff),
+        after.clone(),
+        kills,
+    )?;
     audit::append(
         tx,
         NewEntry {

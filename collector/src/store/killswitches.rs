@@ -28,7 +28,9 @@ pub fn declare(tx: &Transaction<'_>, actor: &Actor, name: &str, description: &st
         params![name, description, common::time::now_ms(), actor.name],
     )?;
     if n == 0 {
-        return Err(StoreError::Conflict(format!("kill switch {name:?} is already declared")));
+        return Err(StoreError::Conflict(format!(
+            "kill switch {name:?} is already declared"
+        )));
     }
     audit::append(
         tx,
@@ -67,7 +69,9 @@ pub fn known(conn: &Connection, environment: &str) -> Result<BTreeMap<String, Kn
         "SELECT DISTINCT service, j.value FROM agents, json_each(agents.killswitches) AS j
          WHERE environment = ?1 AND revoked_ms IS NULL",
     )?;
-    let rows = stmt.query_map([environment], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let rows = stmt.query_map([environment], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
     for row in rows {
         let (service, name) = row?;
         let k = out.entry(name).or_default();
@@ -75,7 +79,8 @@ pub fn known(conn: &Connection, environment: &str) -> Result<BTreeMap<String, Kn
             k.enforced_by_services.push(service);
         }
     }
-    let mut stmt = conn.prepare("SELECT DISTINCT name FROM killswitch_state WHERE environment = ?1")?;
+    let mut stmt =
+        conn.prepare("SELECT DISTINCT name FROM killswitch_state WHERE environment = ?1")?;
     let rows = stmt.query_map([environment], |r| r.get::<_, String>(0))?;
     for name in rows {
         out.entry(name?).or_default();
@@ -113,17 +118,22 @@ pub fn set_state(
         let names: Vec<&str> = known.keys().map(|s| s.as_str()).collect();
         return Err(StoreError::NotFound(format!(
             "unknown kill switch {name:?} in environment {environment:?}; known: {}",
-            if names.is_empty() { "(none)".to_string() } else { names.join(", ") }
+            if names.is_empty() {
+                "(none)".to_string()
+            } else {
+                names.join(", ")
+            }
         )));
     }
     let svc = service.unwrap_or("");
     let latest = flags::latest(tx, environment)?;
-    let current = latest
-        .as_ref()
-        .and_then(|r| r.killswitches.iter().find(|k| k.name == name && k.service.as_deref().unwrap_or("") == svc).cloned());
-    if current.as_ref().map(|c| c.killed) == Some(killed)
-        || (current.is_none() && !killed)
-    {
+    let current = latest.as_ref().and_then(|r| {
+        r.killswitches
+            .iter()
+            .find(|k| k.name == name && k.service.as_deref().unwrap_or("") == svc)
+            .cloned()
+    });
+    if current.as_ref().map(|c| c.killed) == Some(killed) || (current.is_none() && !killed) {
         let state = current.unwrap_or(KillState {
             name: name.into(),
             service: service.map(Into::into),
@@ -178,7 +188,11 @@ pub fn set_state(
         tx,
         NewEntry {
             actor,
-            action: if killed { "killswitch.kill" } else { "killswitch.revive" },
+            action: if killed {
+                "killswitch.kill"
+            } else {
+                "killswitch.revive"
+            },
             target: format!("killswitch:{environment}{scope}/{name}"),
             reason,
             before: json!({"killed": !killed}),
@@ -196,12 +210,17 @@ pub fn set_state(
 }
 
 /// `(service, name) -> revision at which the current state was set`.
-pub fn state_revisions(conn: &Connection, environment: &str) -> Result<BTreeMap<(String, String), u64>> {
-    let mut stmt = conn.prepare(
-        "SELECT service, name, revision FROM killswitch_state WHERE environment = ?1",
-    )?;
+pub fn state_revisions(
+    conn: &Connection,
+    environment: &str,
+) -> Result<BTreeMap<(String, String), u64>> {
+    let mut stmt = conn
+        .prepare("SELECT service, name, revision FROM killswitch_state WHERE environment = ?1")?;
     let rows = stmt.query_map([environment], |r| {
-        Ok(((r.get::<_, String>(0)?, r.get::<_, String>(1)?), r.get::<_, i64>(2)? as u64))
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+            r.get::<_, i64>(2)? as u64,
+        ))
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

@@ -76,8 +76,9 @@ fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
 impl Store {
     /// Opens (creating if needed) the database in `data_dir` and migrates it.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Invalid(format!("cannot create {}: {e}", data_dir.display())))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError::Invalid(format!("cannot create {}: {e}", data_dir.display()))
+        })?;
         let path = data_dir.join(DB_FILE);
         let mut conn = open_conn(&path, false)?;
         schema::migrate(&mut conn)?;
@@ -138,7 +139,11 @@ impl Store {
     }
 
     fn submit(&self, job: WriteJob) -> Result<()> {
-        let guard = self.inner.write_tx.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self
+            .inner
+            .write_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         guard
             .as_ref()
             .ok_or(StoreError::Closed)?

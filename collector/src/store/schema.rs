@@ -104,7 +104,9 @@ CREATE INDEX audit_actor ON audit(actor, ts_ms);
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction()?;
-    tx.execute_batch("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);")?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    )?;
     let current: usize = tx
         .query_row(
             "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -117,7 +119,11 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
         // the first migration creates meta itself
         let sql = if i == 0 {
-            sql.replacen("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);", "", 1)
+            sql.replacen(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+                "",
+                1,
+            )
         } else {
             sql.to_string()
         };

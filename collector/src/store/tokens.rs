@@ -33,7 +33,15 @@ pub fn create_api_token(
     tx.execute(
         "INSERT INTO api_tokens (id, name, role, hash, created_ms, created_by, expires_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![id, name, role.as_str(), hash_secret(&secret), now, actor.name, expires_ms],
+        params![
+            id,
+            name,
+            role.as_str(),
+            hash_secret(&secret),
+            now,
+            actor.name,
+            expires_ms
+        ],
     )?;
     let token = ApiToken {
         id: id.clone(),
@@ -64,7 +72,9 @@ pub fn revoke_api_token(tx: &Transaction<'_>, actor: &Actor, id: &str, reason: &
         params![id, common::time::now_ms()],
     )?;
     if n == 0 {
-        return Err(StoreError::NotFound(format!("no active token with id {id:?}")));
+        return Err(StoreError::NotFound(format!(
+            "no active token with id {id:?}"
+        )));
     }
     audit::append(
         tx,
@@ -100,14 +110,23 @@ pub fn list_api_tokens(conn: &Connection) -> Result<Vec<ApiToken>> {
 }
 
 /// The token's `(id, name, role)` if it is known, not revoked and not expired.
-pub fn authenticate_api_token(conn: &Connection, secret: &str) -> Result<Option<(String, String, Role)>> {
+pub fn authenticate_api_token(
+    conn: &Connection,
+    secret: &str,
+) -> Result<Option<(String, String, Role)>> {
     let now = common::time::now_ms();
     Ok(conn
         .query_row(
             "SELECT id, name, role FROM api_tokens
              WHERE hash = ?1 AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?2)",
             params![hash_secret(secret), now],
-            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
+            },
         )
         .optional()?
         .and_then(|(id, name, role)| role.parse().ok().map(|role| (id, name, role))))
@@ -157,7 +176,10 @@ pub fn create_enroll_token(
 }
 
 /// `(id, environment, service)` of a usable enrollment token.
-pub fn find_enroll_token(conn: &Connection, secret: &str) -> Result<Option<(String, String, String)>> {
+pub fn find_enroll_token(
+    conn: &Connection,
+    secret: &str,
+) -> Result<Option<(String, String, String)>> {
     Ok(conn
         .query_row(
             "SELECT id, environment, service FROM enroll_tokens

@@ -28,7 +28,9 @@ pub fn add(
         .query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get(0))
         .optional()?;
     if exists.is_some() {
-        return Err(StoreError::Conflict(format!("user {name:?} already exists")));
+        return Err(StoreError::Conflict(format!(
+            "user {name:?} already exists"
+        )));
     }
     let now = common::time::now_ms();
     tx.execute(
