@@ -57,6 +57,9 @@ pub struct CollectorSection {
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub heartbeat_interval: Option<HumanDuration>,
+    /// PEM file of the CA that signed the collector's certificate (https URLs);
+    /// the system's web roots are trusted otherwise.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -122,6 +125,8 @@ pub struct Collector {
     /// Enrollment token (needed until the agent holds its own credential).
     pub enroll_token: Option<String>,
     pub heartbeat_interval: Duration,
+    /// Extra trusted CA certificate (PEM) for an https collector.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,10 +254,28 @@ impl Config {
                 if hb < Duration::from_secs(1) {
                     errs.push(src.error("collector.heartbeat_interval", "must be at least 1s"));
                 }
+                let ca_pem = c.ca_file.as_ref().and_then(|p| match std::fs::read(p) {
+                    Ok(b) if reqwest::Certificate::from_pem(&b).is_ok() => Some(b),
+                    Ok(_) => {
+                        errs.push(src.error(
+                            "collector.ca_file",
+                            format!("{} holds no PEM certificate", p.display()),
+                        ));
+                        None
+                    }
+                    Err(e) => {
+                        errs.push(src.error(
+                            "collector.ca_file",
+                            format!("cannot read {}: {e}", p.display()),
+                        ));
+                        None
+                    }
+                });
                 url.map(|url| Collector {
                     url,
                     enroll_token,
                     heartbeat_interval: hb,
+                    ca_pem,
                 })
             }
         };

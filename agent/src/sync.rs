@@ -77,18 +77,25 @@ pub async fn run(
         return;
     };
     let user_agent = format!("opsplane-agent/{}", common::VERSION);
-    let http = reqwest::Client::builder()
-        .user_agent(&user_agent)
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("http client");
-    let stream_http = reqwest::Client::builder()
-        .user_agent(&user_agent)
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_keepalive(Duration::from_secs(15))
-        .build()
-        .expect("http client");
+    let builder = || {
+        let mut b = reqwest::Client::builder()
+            .user_agent(&user_agent)
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(pem) = &cfg.ca_pem {
+            // validated when the config was loaded
+            if let Ok(cert) = reqwest::Certificate::from_pem(pem) {
+                b = b.add_root_certificate(cert);
+            }
+        }
+        b
+    };
+    let (Ok(http), Ok(stream_http)) = (
+        builder().timeout(Duration::from_secs(15)).build(),
+        builder().tcp_keepalive(Duration::from_secs(15)).build(),
+    ) else {
+        tracing::error!("cannot build the HTTP client; not syncing");
+        return;
+    };
     let cred_path = shared.config.data_dir.join(disk::CREDENTIAL_FILE);
     let stored: Option<Credential> =
         disk::read_json(&cred_path).filter(|c: &Credential| c.collector_url == cfg.url);

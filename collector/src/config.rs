@@ -22,7 +22,7 @@ pub struct Config {
     /// `postgres://...`; not available yet (SQLite only in this version).
     pub database: Option<String>,
     #[serde(default)]
-    pub ingest: Listener,
+    pub ingest: IngestListener,
     #[serde(default)]
     pub admin: Listener,
     #[serde(default)]
@@ -35,6 +35,15 @@ pub struct Listener {
     pub listen: Option<String>,
 }
 
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestListener {
+    pub listen: Option<String>,
+    /// PEM certificate chain; with `tls_key`, agents connect over TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
 /// The validated, resolved settings the collector runs with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -42,6 +51,8 @@ pub struct Settings {
     pub ingest_listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub status_listen: SocketAddr,
+    /// `(certificate, key)` PEM files for the ingest listener.
+    pub ingest_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Settings {
@@ -50,7 +61,7 @@ impl Settings {
         let cfg = Config {
             data_dir: dir.to_path_buf(),
             database: None,
-            ingest: Listener::default(),
+            ingest: IngestListener::default(),
             admin: Listener::default(),
             status_page: Listener::default(),
         };
@@ -109,6 +120,25 @@ fn resolve(src: &ConfigSource, cfg: Config) -> Result<Settings, ConfigErrors> {
         &cfg.status_page.listen,
         DEFAULT_STATUS,
     );
+    let ingest_tls = match (&cfg.ingest.tls_cert, &cfg.ingest.tls_key) {
+        (Some(c), Some(k)) => {
+            for (key, p) in [("ingest.tls_cert", c), ("ingest.tls_key", k)] {
+                if !p.is_file() {
+                    errors.push(src.error(key, format!("{} is not a readable file", p.display())));
+                }
+            }
+            Some((c.clone(), k.clone()))
+        }
+        (None, None) => None,
+        (Some(_), None) => {
+            errors.push(src.error("ingest.tls_cert", "tls_key is needed as well"));
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(src.error("ingest.tls_key", "tls_cert is needed as well"));
+            None
+        }
+    };
     let data_dir = env_override(ENV_DATA_DIR)
         .map(PathBuf::from)
         .unwrap_or(cfg.data_dir);
@@ -133,6 +163,7 @@ fn resolve(src: &ConfigSource, cfg: Config) -> Result<Settings, ConfigErrors> {
             ingest_listen,
             admin_listen,
             status_listen,
+            ingest_tls,
         })
     } else {
         Err(ConfigErrors(errors))

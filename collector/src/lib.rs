@@ -12,6 +12,7 @@ pub mod init;
 pub mod metrics;
 pub mod status;
 pub mod store;
+pub mod tls;
 
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -75,12 +76,29 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
         status.local_addr()?,
     );
 
+    let tls = match &settings.ingest_tls {
+        Some((cert, key)) => {
+            Some(tls::acceptor(cert, key).context("loading the ingest TLS certificate")?)
+        }
+        None => None,
+    };
     let mut servers = tokio::task::JoinSet::new();
-    for (listener, app) in [
-        (ingest, ingest::router(ctx.clone())),
+    let mut plain = vec![
         (admin, admin::router(ctx.clone())),
         (status, status::router()),
-    ] {
+    ];
+    match tls {
+        Some(acceptor) => {
+            servers.spawn(tls::serve(
+                ingest,
+                acceptor,
+                ingest::router(ctx.clone()),
+                shutdown.clone(),
+            ));
+        }
+        None => plain.push((ingest, ingest::router(ctx.clone()))),
+    }
+    for (listener, app) in plain {
         let token = shutdown.clone();
         servers.spawn(async move {
             axum::serve(
@@ -91,7 +109,7 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
             .await
         });
     }
-    tracing::info!(ingest = %ingest_addr, admin = %admin_addr, status = %status_addr, version = common::VERSION, "collector listening");
+    tracing::info!(ingest = %ingest_addr, ingest_tls = settings.ingest_tls.is_some(), admin = %admin_addr, status = %status_addr, version = common::VERSION, "collector listening");
     Ok(Running {
         ingest_addr,
         admin_addr,

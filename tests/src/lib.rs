@@ -157,6 +157,12 @@ pub struct Collector {
 impl Collector {
     /// `init` then `run` in `dir`.
     pub fn start(dir: &Path) -> Collector {
+        Self::start_with(dir, None)
+    }
+
+    /// Like [`Collector::start`], with the ingest listener on TLS when
+    /// `tls` gives `(certificate, key)` PEM files.
+    pub fn start_with(dir: &Path, tls: Option<(&Path, &Path)>) -> Collector {
         let data = dir.join("collector-data");
         let token_file = dir.join("admin.token");
         let out = Command::new(bin("opsplane-collector"))
@@ -186,15 +192,20 @@ impl Collector {
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\n[ingest]\nlisten = \"127.0.0.1:{i}\"\n[admin]\nlisten = \"127.0.0.1:{a}\"\n[status_page]\nlisten = \"127.0.0.1:{s}\"\n",
-                data.display().to_string()
+                "data_dir = {:?}\n[ingest]\nlisten = \"127.0.0.1:{i}\"\n{}[admin]\nlisten = \"127.0.0.1:{a}\"\n[status_page]\nlisten = \"127.0.0.1:{s}\"\n",
+                data.display().to_string(),
+                tls.map(|(c, k)| format!("tls_cert = {:?}\ntls_key = {:?}\n", c.display().to_string(), k.display().to_string()))
+                    .unwrap_or_default()
             ),
         )
         .expect("config");
         let mut c = Collector {
             dir: dir.to_path_buf(),
             config,
-            ingest_url: format!("http://127.0.0.1:{i}"),
+            ingest_url: format!(
+                "{}://127.0.0.1:{i}",
+                if tls.is_some() { "https" } else { "http" }
+            ),
             admin_url: format!("http://127.0.0.1:{a}"),
             status_url: format!("http://127.0.0.1:{s}"),
             admin_token,

@@ -419,3 +419,75 @@ fn enrollment_token_must_match_the_agent() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn agents_reach_the_collector_over_tls() {
+    let tmp = tempfile::tempdir().unwrap();
+    // a private CA and a certificate for 127.0.0.1 / localhost
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "opsplane test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let cert_file = write_file(tmp.path(), "ingest.pem", &cert.pem());
+    let key_file = write_file(tmp.path(), "ingest.key", &key.serialize_pem());
+    let ca_file = write_file(tmp.path(), "ca.pem", &ca.pem());
+
+    let c = Collector::start_with(tmp.path(), Some((&cert_file, &key_file)));
+    assert!(c.ingest_url.starts_with("https://"));
+    let token = c.enroll_token("prod", "web");
+    let tail = format!(
+        "[collector]\nurl = \"{}\"\ntoken = \"{token}\"\nca_file = {:?}\n",
+        c.ingest_url,
+        ca_file.display().to_string()
+    );
+    let a = Agent::start(
+        &tmp.path().join("a"),
+        "service = \"web\"\nenvironment = \"prod\"",
+        None,
+        &tail,
+    );
+    c.ok(&["killswitches", "create", "pay", "--description", "x"]);
+    let rev = c.json(&["kill", "pay", "--env", "prod", "--reason", "tls"])["revision"]
+        .as_u64()
+        .unwrap();
+    a.wait_revision(rev);
+    assert_eq!(a.get("/v1/killswitches/pay").1["killed"], true);
+
+    // an agent that does not trust the CA is refused at the handshake
+    let token2 = c.enroll_token("prod", "web");
+    let tail2 = format!(
+        "[collector]\nurl = \"{}\"\ntoken = \"{token2}\"\n",
+        c.ingest_url
+    );
+    let b = Agent::start(
+        &tmp.path().join("b"),
+        "service = \"web\"\nenvironment = \"prod\"",
+        None,
+        &tail2,
+    );
+    wait_for("handshake refused", Duration::from_secs(10), || {
+        b.status()["collector"]["last_error"].as_str().map(|_| ())
+    });
+    assert_eq!(b.status()["collector"]["connected"], false);
+    assert_eq!(
+        c.json(&["agents", "list"])["agents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // plain HTTP to the TLS port gets nowhere
+    assert!(http()
+        .get(format!("{}/healthz", c.ingest_url.replace("https", "http")))
+        .send()
+        .map(|r| !r.status().is_success())
+        .unwrap_or(true));
+}
