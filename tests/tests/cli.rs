@@ -555,3 +555,100 @@ fn the_example_configs_in_deploy_are_valid() {
     let demo = std::fs::read_to_string(root.join("deploy/demo/flags.json")).unwrap();
     common::flags::FlagSet::parse(&demo).expect("demo flags are valid");
 }
+
+#[test]
+fn admin_and_ingest_refuse_bad_bodies_with_json_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collector::start(tmp.path());
+    let h = http();
+    // malformed JSON: 400 naming the position
+    let r = h
+        .post(format!("{}/api/v1/killswitches", c.admin_url))
+        .bearer_auth(&c.admin_token)
+        .header("content-type", "application/json")
+        .body("{\"name\": ")
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(v["error"]["code"], "PARSE_ERROR");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("line 1 column"),
+        "{v}"
+    );
+    // over the limit: 413
+    let big = format!("{{\"name\": \"{}\"}}", "x".repeat(1_100_000));
+    let r = h
+        .post(format!("{}/api/v1/killswitches", c.admin_url))
+        .bearer_auth(&c.admin_token)
+        .body(big.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert_eq!(
+        r.json::<serde_json::Value>().unwrap()["error"]["code"],
+        "PAYLOAD_TOO_LARGE"
+    );
+    let r = h
+        .post(format!("{}/v1/agent/enroll", c.ingest_url))
+        .body(big)
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    // the collector is still fine
+    assert!(c.opsctl(&["agents", "list"]).status.success());
+    // ingest: no credential, bad credential, bad enrollment token
+    let r = h
+        .get(format!("{}/v1/agent/stream", c.ingest_url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = h
+        .get(format!("{}/v1/agent/stream", c.ingest_url))
+        .bearer_auth("opsa_nope")
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().unwrap()["error"]["code"],
+        "UNKNOWN_AGENT"
+    );
+    let r = h
+        .post(format!("{}/v1/agent/enroll", c.ingest_url))
+        .json(&serde_json::json!({"token": "opse_nope", "identity": {"service": "web", "environment": "prod", "instance": "i", "host": "h", "version": "1"}}))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().unwrap()["error"]["code"],
+        "INVALID_ENROLL_TOKEN"
+    );
+    // the admin plane is not on the ingest or status listeners
+    for base in [&c.ingest_url, &c.status_url] {
+        let r = h
+            .get(format!("{base}/api/v1/agents"))
+            .bearer_auth(&c.admin_token)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{base}");
+    }
+    // every listener answers /healthz; the admin one also /metrics
+    for base in [&c.ingest_url, &c.admin_url, &c.status_url] {
+        assert_eq!(
+            h.get(format!("{base}/healthz"))
+                .send()
+                .unwrap()
+                .status()
+                .as_u16(),
+            200
+        );
+    }
+    let m = h
+        .get(format!("{}/metrics", c.admin_url))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(m.contains("opsplane_collector_build_info"), "{m}");
+}
