@@ -491,3 +491,92 @@ fn agents_reach_the_collector_over_tls() {
         .map(|r| !r.status().is_success())
         .unwrap_or(true));
 }
+
+#[test]
+fn service_scoped_kills_and_hook_timeouts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collector::start(tmp.path());
+    let hooks_log = tmp.path().join("hooks.log");
+    let tail = |token: &str| {
+        format!(
+            r#"[collector]
+url = "{}"
+token = "{token}"
+
+[[killswitch]]
+name = "search"
+on_kill = ["/bin/sh", "-c", "echo started >> {log}; sleep 30; echo finished >> {log}"]
+hook_timeout = "300ms"
+"#,
+            c.ingest_url,
+            log = hooks_log.display()
+        )
+    };
+    let web = Agent::start(
+        &tmp.path().join("web"),
+        "service = \"web\"\nenvironment = \"prod\"",
+        None,
+        &tail(&c.enroll_token("prod", "web")),
+    );
+    let api = Agent::start(
+        &tmp.path().join("api"),
+        "service = \"api\"\nenvironment = \"prod\"",
+        None,
+        &tail(&c.enroll_token("prod", "api")),
+    );
+    wait_for("both connected", Duration::from_secs(20), || {
+        let v = c.json(&["agents", "list", "--env", "prod"]);
+        (v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["state"] == "connected")
+            .count()
+            == 2)
+            .then_some(())
+    });
+    let rev = c.json(&[
+        "kill",
+        "search",
+        "--env",
+        "prod",
+        "--service",
+        "api",
+        "--reason",
+        "api only",
+    ])["revision"]
+        .as_u64()
+        .unwrap();
+    web.wait_revision(rev);
+    api.wait_revision(rev);
+    assert_eq!(api.get("/v1/killswitches/search").1["killed"], true);
+    assert_eq!(web.get("/v1/killswitches/search").1["killed"], false);
+    let v = c.json(&["killswitches", "list", "--env", "prod"]);
+    let scoped = v["killswitches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["service"] == "api")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (scoped["killed"].clone(), scoped["agents"].clone()),
+        (Value::Bool(true), Value::from(1)),
+        "{scoped}"
+    );
+    // the hook of the killed agent was stopped at its timeout and logged as such
+    wait_for("hook timeout logged", Duration::from_secs(10), || {
+        api.log_text()
+            .contains("hook timed out and was killed")
+            .then_some(())
+    });
+    assert_eq!(
+        hooks(&hooks_log),
+        ["started"],
+        "only the api agent ran its hook, and it was killed before finishing"
+    );
+    assert!(
+        !web.log_text().contains("hook"),
+        "the web agent ran nothing"
+    );
+}
