@@ -48,16 +48,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match common::cli::parse() {
         Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     init_logging(cli.log_format);
     match cli.cmd {
@@ -137,21 +130,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let running = collector::start(settings).await?;
     let token = running.shutdown.clone();
     tokio::spawn(async move {
-        common_signal().await;
+        common::cli::shutdown_signal().await;
         tracing::info!("shutting down");
         token.cancel();
     });
     running.wait().await
-}
-
-async fn common_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
 }
 
 fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {

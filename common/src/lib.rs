@@ -4,6 +4,7 @@
 //! JSON diff used by the audit log and `flags apply`.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod diff;
 pub mod flags;

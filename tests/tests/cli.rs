@@ -413,7 +413,7 @@ fn bad_definitions_and_unknown_switches_are_refused_and_change_nothing() {
 #[test]
 fn audit_chain_detects_edits_deletions_and_reordering() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut c = Collector::start(tmp.path());
+    let c = Collector::start(tmp.path());
     c.ok(&["killswitches", "create", "pay", "--description", "payments"]);
     for i in 0..3 {
         c.ok(&["kill", "pay", "--env", "prod", "--reason", &format!("k{i}")]);
@@ -450,85 +450,55 @@ fn audit_chain_detects_edits_deletions_and_reordering() {
         .starts_with("opsctl/"));
     assert_eq!(kill_entry["diff"][0]["after"], true, "{kill_entry}");
 
-    let db = tmp.path().join("collector-data/opsplane.db");
-    let tamper = |sql: &str| {
-        let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch(sql).unwrap();
-    };
-    let verify = |c: &Collector| {
-        let out = c.opsctl(&["audit", "verify"]);
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
-    };
-    c.stop();
-    tamper("UPDATE audit SET reason = 'nothing to see' WHERE seq = 5;");
-    c.run();
-    let (code, out) = verify(&c);
-    assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("entry 5") && out.contains("modified"), "{out}");
-
-    // a deleted entry, in a fresh log
     drop(c);
+
+    // every kind of tampering is caught and the first bad entry named
+    // (entries: 1 user, 2 token, 3 switch, 4 kill, 5 revive, 6 kill)
+    let cases = [
+        (
+            "UPDATE audit SET reason = 'nothing to see' WHERE seq = 5;",
+            "entry 5 was modified",
+        ),
+        ("DELETE FROM audit WHERE seq = 4;", "entry 4 is missing"),
+        (
+            "CREATE TEMP TABLE t AS SELECT * FROM audit WHERE seq IN (4, 5);
+             DELETE FROM audit WHERE seq IN (4, 5);
+             INSERT INTO audit SELECT CASE seq WHEN 4 THEN 5 ELSE 4 END, ts_ms, actor, role, source,
+                 user_agent, action, target, reason, diff, prev_hash, hash FROM t;",
+            "entry 4",
+        ),
+        ("DELETE FROM audit WHERE seq = 6;", "removed from the end"),
+    ];
+    for (sql, expected) in cases {
+        let (code, out) = verify_after_tampering(sql);
+        assert_eq!(code, Some(1), "{sql}: {out}");
+        assert!(
+            out.contains(expected),
+            "{sql}: expected {expected:?} in {out}"
+        );
+    }
+}
+
+/// A fresh collector with six audit entries, `sql` run on its database while
+/// it is stopped, then `opsctl audit verify`: (exit code, output).
+fn verify_after_tampering(sql: &str) -> (Option<i32>, String) {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = Collector::start(tmp.path());
     c.ok(&["killswitches", "create", "pay", "--description", "payments"]);
     c.ok(&["kill", "pay", "--env", "prod", "--reason", "k"]);
     c.ok(&["revive", "pay", "--env", "prod", "--reason", "r"]);
     c.ok(&["kill", "pay", "--env", "prod", "--reason", "k"]);
+    assert!(c.ok(&["audit", "verify"]).contains("intact: 6 entries"));
     c.stop();
     let conn = rusqlite::Connection::open(tmp.path().join("collector-data/opsplane.db")).unwrap();
-    conn.execute_batch("DELETE FROM audit WHERE seq = 4;")
-        .unwrap();
-    drop(conn);
-    c.run();
-    let (code, out) = verify(&c);
-    assert_eq!(code, Some(1));
-    assert!(out.contains("entry 4") && out.contains("missing"), "{out}");
-
-    // truncating the tail is caught by the recorded head
-    let tmp2 = tempfile::tempdir().unwrap();
-    let mut c2 = Collector::start(tmp2.path());
-    c2.ok(&["killswitches", "create", "pay", "--description", "payments"]);
-    c2.ok(&["kill", "pay", "--env", "prod", "--reason", "x"]);
-    c2.stop();
-    let conn = rusqlite::Connection::open(tmp2.path().join("collector-data/opsplane.db")).unwrap();
-    conn.execute_batch("DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit);")
-        .unwrap();
-    drop(conn);
-    c2.run();
-    let out = c2.opsctl(&["audit", "verify"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("removed from the end"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
-#[test]
-fn reordered_entries_are_detected() {
-    let tmp = tempfile::tempdir().unwrap();
-    let mut c = Collector::start(tmp.path());
-    c.ok(&["killswitches", "create", "pay", "--description", "payments"]);
-    c.ok(&["kill", "pay", "--env", "prod", "--reason", "a"]);
-    c.ok(&["revive", "pay", "--env", "prod", "--reason", "b"]);
-    c.ok(&["kill", "pay", "--env", "prod", "--reason", "c"]);
-    c.stop();
-    let conn = rusqlite::Connection::open(tmp.path().join("collector-data/opsplane.db")).unwrap();
-    conn.execute_batch(
-        "CREATE TEMP TABLE t AS SELECT * FROM audit WHERE seq IN (4, 5);
-         DELETE FROM audit WHERE seq IN (4, 5);
-         INSERT INTO audit SELECT CASE seq WHEN 4 THEN 5 ELSE 4 END, ts_ms, actor, role, source, user_agent, action, target, reason, diff, prev_hash, hash FROM t;",
-    )
-    .unwrap();
+    conn.execute_batch(sql).unwrap();
     drop(conn);
     c.run();
     let out = c.opsctl(&["audit", "verify"]);
-    assert_eq!(out.status.code(), Some(1));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("entry 4"), "{text}");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]

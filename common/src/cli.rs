@@ -1,0 +1,38 @@
+//! What every binary's `main` shares: argument parsing with the exit codes of
+//! SPEC section 5 (0 for `--help`/`--version`, 2 for bad usage) and the
+//! signals that ask for a graceful shutdown.
+
+use std::process::ExitCode;
+
+/// Parses the command line; on `--help`/`--version` or a usage error it has
+/// already printed and returns the exit code to leave with.
+pub fn parse<T: clap::Parser>() -> Result<T, ExitCode> {
+    T::try_parse().map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            // no signal handlers: only Ctrl-C through tokio's portable path
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
