@@ -200,7 +200,7 @@ pub enum Submitted {
     /// Done at once (no approval needed, or nothing to change).
     Applied(Executed),
     /// Waiting for a second person.
-    Pending(Approval),
+    Pending(Box<Approval>),
 }
 
 /// Errors of the approval steps, mapped to API answers by the callers.
@@ -260,7 +260,7 @@ pub async fn submit(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::Re
             let payload = serde_json::to_value(&op)?;
             let a = store::approvals::create(tx, &actor, op.action(), &op.target(), &payload, &preview.diff, &reason, expires)?;
             tracing::info!(id = %a.id, action = %a.action, target = %a.target, by = %a.requested_by, "change waits for approval");
-            Ok(Submitted::Pending(a))
+            Ok(Submitted::Pending(Box::new(a)))
         })
         .await?;
     if let Submitted::Applied(Executed { revision: Some(rev), .. }) = &out {
@@ -329,7 +329,8 @@ async fn decide(
                 )));
             }
             let needed = op.required_role();
-            if !approver.role.allows(needed) && !(is_own && !approved) {
+            // a requester may always withdraw (reject) their own request
+            if !approver.role.allows(needed) && (!is_own || approved) {
                 return Ok(Err(format!(
                     "deciding on {} needs the {} role; {} has {}",
                     a.action,

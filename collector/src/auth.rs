@@ -138,7 +138,7 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 pub fn expiry_ms(expires: Option<&str>) -> Result<Option<i64>, String> {
     match expires {
         None => Ok(None),
-        Some(s) if s == "never" => Ok(None),
+        Some("never") => Ok(None),
         Some(s) => {
             let d = common::config::parse_duration(s)?;
             Ok(Some(common::time::now_ms() + d.as_millis() as i64))

@@ -281,7 +281,7 @@ const ROUTES: &[(&str, Role)] = &[
 async fn call(h: &Harness, route: &str, role: Role, n: usize) -> StatusCode {
     let tok = h.tokens[&role].clone();
     let s = h.sessions[&role].clone();
-    let def = json!({"flags": {"f1": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": if n % 2 == 0 { "on" } else { "off" }}}});
+    let def = json!({"flags": {"f1": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": if n.is_multiple_of(2) { "on" } else { "off" }}}});
     let def_text = def.to_string();
     let uname = format!("new-{}-{n}", role.as_str());
     let r = match route {

@@ -287,8 +287,8 @@ async fn agents(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<EnvQ>) 
         div.scroll {
             table.list {
                 thead { tr {
-                    th { "State" } th { "Service" } th { "Env" } th { "Instance / host" } th { "Version" }
-                    th { "Last seen" } th { "Revision" } @if can_revoke { th {} }
+                    th { "State" } th { "Service" } th { "Env" } th { "Instance / host" } th.wide { "Version" }
+                    th { "Last seen" } th.wide { "Revision" } @if can_revoke { th {} }
                 } }
                 tbody {
                     @for (a, st) in &f.agents {
@@ -297,9 +297,9 @@ async fn agents(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<EnvQ>) 
                             td { (a.service) }
                             td { (a.environment) }
                             td { (a.instance) br; span.muted { (a.host) " · " code { (a.id) } } }
-                            td { (a.version) }
+                            td.wide { (a.version) }
                             td { (time(a.last_seen_ms, now)) }
-                            td { @if let Some(r) = a.applied_revision { (r) } @else { span.muted { "none" } } }
+                            td.wide { @if let Some(r) = a.applied_revision { (r) } @else { span.muted { "none" } } }
                             @if can_revoke {
                                 td {
                                     @if a.revoked_ms.is_none() {
@@ -424,7 +424,7 @@ async fn flags(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<EnvQ>) -
                                         td { input type="radio" name="a" value=(h.revision) checked[i == 1 || (history.len() == 1 && i == 0)] aria-label={ "from revision " (h.revision) }; }
                                         td { input type="radio" name="b" value=(h.revision) checked[i == 0] aria-label={ "to revision " (h.revision) }; }
                                         td { (h.revision) }
-                                        td { (h.created) }
+                                        td { (render::short_time(&h.created)) }
                                         td { (h.actor) }
                                         td { (h.summary) }
                                     }
@@ -491,7 +491,7 @@ async fn submitted(ctx: &Ctx, s: &Session, out: Submitted, back: &str) -> PageRe
 async fn pending_page(ctx: &Ctx, s: &Session, a: &Approval, secret: Option<Markup>) -> PageResult {
     let body = html! {
         p.flash.warn { "This change needs a second person. It takes effect when someone else approves request "
-            code { (a.id) } " (before " (a.expires) ")." }
+            code { (a.id) } " (before " (render::short_time(&a.expires)) ")." }
         @if let Some(m) = secret { (m) }
         div.card { h2 { "What will change" } (diff_table(&a.diff)) }
         p { a href="/console/approvals" { "See all pending requests →" } }
@@ -611,11 +611,11 @@ fn switch_card(s: &Session, env: &str, k: &KillSwitchView) -> Markup {
             @if !k.enforced_by_services.is_empty() { p.muted { "Enforced by: " (k.enforced_by_services.join(", ")) } }
             @if k.killed || !k.by.is_empty() {
                 p { @if k.killed { "Killed" } @else { "Revived" } " by " strong { (k.by) }
-                    @if let Some(t) = &k.since { " at " (t) } ": " em { (k.reason) } }
+                    @if let Some(t) = &k.since { " at " (render::short_time(t)) } ": " em { (k.reason) } }
             }
             p.applied data-applied=(k.applied) data-agents=(k.agents) {
                 @if k.revision.is_some() {
-                    "Applied by " strong.count { (k.applied) " of " (k.agents) } " agents"
+                    "Applied by " strong.applied-count { (k.applied) " of " (k.agents) } " agents"
                     @if k.applied == k.agents { " ✓" }
                 } @else {
                     (k.agents) " agents · never pulled"
@@ -777,19 +777,32 @@ fn audit_table(entries: &[audit::AuditEntry], now: i64, with_diff: bool) -> Mark
                             span.seq { "#" (e.seq) }
                             span.action { code { (e.action) } }
                             span.target { (e.target) }
-                            span.actor { strong { (e.actor) } " (" (e.role) ")" }
+                            span.actor { strong { (e.actor) } @if e.actor != "anonymous" { " (" (e.role) ")" } }
                             span.when { (time(e.ts_ms, now)) }
                         }
                         @if !e.reason.is_empty() { div.reason { "Reason: " em { (e.reason) } } }
                         @if with_diff {
                             div.meta.muted { "from " (e.source) @if !e.user_agent.is_empty() { " · " span.ua title="reported by the client, not verified" { (e.user_agent) } } }
-                            @if e.diff.as_array().is_some_and(|d| !d.is_empty()) { (diff_table(&e.diff)) }
+                            @if let Some(changes) = requested_changes(e) {
+                                div.muted { "Requested changes:" }
+                                (diff_table(changes))
+                            } @else if e.diff.as_array().is_some_and(|d| !d.is_empty()) {
+                                (diff_table(&e.diff))
+                            }
                         }
                     }
                 }
             }
         }
     }
+}
+
+/// The changes a four-eyes request asked for, from its audit entry.
+fn requested_changes(e: &audit::AuditEntry) -> Option<&Value> {
+    if e.action != "approval.request" {
+        return None;
+    }
+    e.diff.get(0)?.get("after")?.get("changes")
 }
 
 async fn audit_page(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<AuditQ>) -> PageResult {
@@ -916,7 +929,7 @@ async fn approvals_page(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query
             div.card.approval id={ "approval-" (a.id) } {
                 h2 { code { (a.action) } " " (a.target) }
                 p { "Requested by " strong { (a.requested_by) } " (" (a.requested_role) ") " (time(a.created_ms, now))
-                    ". Reason: " em { (a.reason) } ". Expires " (a.expires) "." }
+                    ". Reason: " em { (a.reason) } ". Expires " (render::short_time(&a.expires)) "." }
                 (diff_table(&a.diff))
                 @if own {
                     p.muted { "You made this request: another person with the " (needed.as_str()) " role must approve it." }
@@ -1012,7 +1025,7 @@ async fn users_page(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<Env
                             tr {
                                 td { (u.name) @if u.disabled { " " span.muted { "(disabled)" } } }
                                 td { span class={ "role role-" (u.role.as_str()) } { (u.role.as_str()) } }
-                                td { (u.created) }
+                                td { (render::short_time(&u.created)) }
                                 @if admin {
                                     td {
                                         form.inline method="post" action={ "/console/users/" (enc(&u.name)) "/role" } {
@@ -1052,8 +1065,8 @@ async fn users_page(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<Env
                                     td { code { (t.id) } }
                                     td { (t.name) }
                                     td { (t.role.as_str()) }
-                                    td { (t.created) " by " (t.created_by) }
-                                    td { (t.expires.clone().unwrap_or_else(|| "never".into())) }
+                                    td { (render::short_time(&t.created)) " by " (t.created_by) }
+                                    td { (t.expires.as_deref().map(render::short_time).unwrap_or_else(|| "never".into())) }
                                     td {
                                         @if let Some(r) = &t.revoked { span.muted { "revoked " (r) } } @else {
                                             form.inline method="post" action={ "/console/tokens/" (enc(&t.id)) "/revoke" } {

@@ -111,23 +111,41 @@ pub fn notice(text: Option<&str>) -> Markup {
     html! { @if let Some(t) = text { p.flash.good role="status" { (t) } } }
 }
 
-/// A diff (list of `{path, before, after}`) as a table.
+/// A diff (list of `{path, before, after}`) as a table. A whole object that
+/// appeared or went away is shown member by member ("created with ...").
 pub fn diff_table(diff: &Value) -> Markup {
-    let changes = diff.as_array().cloned().unwrap_or_default();
+    let mut rows: Vec<(String, Option<Value>, Option<Value>)> = Vec::new();
+    for c in diff.as_array().into_iter().flatten() {
+        let path = c.get("path").and_then(|p| p.as_str()).unwrap_or("/").to_string();
+        let before = c.get("before").filter(|v| !v.is_null()).cloned();
+        let after = c.get("after").filter(|v| !v.is_null()).cloned();
+        match (&before, &after) {
+            (None, Some(Value::Object(o))) | (Some(Value::Object(o)), None) if !o.is_empty() => {
+                let added = after.is_some();
+                for (k, v) in o {
+                    let p = format!("{}/{}", path.trim_end_matches('/'), k.replace('~', "~0").replace('/', "~1"));
+                    if added {
+                        rows.push((p, None, Some(v.clone())));
+                    } else {
+                        rows.push((p, Some(v.clone()), None));
+                    }
+                }
+            }
+            _ => rows.push((path, before, after)),
+        }
+    }
     html! {
-        @if changes.is_empty() {
+        @if rows.is_empty() {
             p.muted { "No changes." }
         } @else {
             div.scroll {
                 table.diff {
                     thead { tr { th { "What" } th { "Before" } th { "After" } } }
                     tbody {
-                        @for c in &changes {
-                            @let before = c.get("before");
-                            @let after = c.get("after");
+                        @for (path, before, after) in &rows {
                             @let kind = match (before, after) { (None, Some(_)) => "added", (Some(_), None) => "removed", _ => "changed" };
                             tr class=(kind) {
-                                td.path { code { (readable_path(c.get("path").and_then(|p| p.as_str()).unwrap_or("/"))) } }
+                                td.path { code { (readable_path(path)) } }
                                 td.before { @if let Some(b) = before { (value_block(b)) } @else { span.muted { "(none)" } } }
                                 td.after { @if let Some(a) = after { (value_block(a)) } @else { span.muted { "(removed)" } } }
                             }
@@ -136,6 +154,14 @@ pub fn diff_table(diff: &Value) -> Markup {
                 }
             }
         }
+    }
+}
+
+/// `2026-11-23T01:53:19.605Z` → `2026-11-23 01:53:19 UTC`.
+pub fn short_time(iso: &str) -> String {
+    match iso.get(..19) {
+        Some(s) if iso.len() > 19 => format!("{} UTC", s.replace('T', " ")),
+        _ => iso.to_string(),
     }
 }
 
@@ -252,7 +278,7 @@ pub fn ago(ms: i64, now_ms: i64) -> String {
 
 pub fn time(ms: i64, now_ms: i64) -> Markup {
     let iso = common::time::rfc3339(ms);
-    html! { time datetime=(iso) title=(iso) { (ago(ms, now_ms)) } }
+    html! { time datetime=(iso) title=(short_time(&iso)) { (ago(ms, now_ms)) } }
 }
 
 pub fn url_encode(s: &str) -> String {
