@@ -761,8 +761,7 @@ struct PolicyReq {
 async fn policy_set(State(ctx): State<Ctx>, caller: Caller, Json(r): Json<PolicyReq>) -> ApiResult<Response> {
     let actor = caller.require(Role::Admin)?.clone();
     require_reason(&r.reason)?;
-    approvals::set_policy(&ctx, &actor, r.policy.clone(), &r.reason).await?;
-    Ok(ok(&r.policy))
+    submitted(approvals::set_policy(&ctx, &actor, r.policy, &r.reason).await?, Value::Null)
 }
 
 // ---- metrics ----

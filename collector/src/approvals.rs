@@ -46,6 +46,9 @@ impl Policy {
                 self.protected_environments.iter().any(|e| e == environment)
             }
             Op::UserAdd { .. } | Op::UserSetRole { .. } | Op::TokenCreate { .. } => self.grant_roles,
+            // otherwise one admin could switch the protection off and then
+            // change protected flags alone
+            Op::PolicySet { .. } => true,
         }
     }
 }
@@ -82,6 +85,11 @@ pub enum Op {
         secret_hash: String,
         expires_ms: Option<i64>,
     },
+    PolicySet {
+        policy: Policy,
+        /// The config's policy, in force while none was saved.
+        config_default: Policy,
+    },
 }
 
 impl Op {
@@ -100,6 +108,7 @@ impl Op {
             Op::UserAdd { .. } => "user.add",
             Op::UserSetRole { .. } => "user.set_role",
             Op::TokenCreate { .. } => "token.create",
+            Op::PolicySet { .. } => "approvals.policy.set",
         }
     }
 
@@ -109,6 +118,7 @@ impl Op {
             Op::FlagApply { environment, .. } => format!("flags:{environment}"),
             Op::UserAdd { name, .. } | Op::UserSetRole { name, .. } => format!("user:{name}"),
             Op::TokenCreate { id, .. } => format!("token:{id}"),
+            Op::PolicySet { .. } => "approval_policy".into(),
         }
     }
 }
@@ -173,6 +183,25 @@ pub fn execute(tx: &rusqlite::Transaction<'_>, op: &Op, actor: &Actor, reason: &
                 changed: true,
             })
         }
+        Op::PolicySet { policy, config_default } => {
+            for env in &policy.protected_environments {
+                store::users::validate_name(env)?;
+            }
+            if policy.expire_after_ms < 60_000 {
+                return Err(StoreError::Invalid("requests must stay open at least one minute".into()));
+            }
+            let before = store::approvals::policy(tx)?.unwrap_or(serde_json::to_value(config_default)?);
+            let after = serde_json::to_value(policy)?;
+            if before != after {
+                store::approvals::set_policy(tx, actor, &before, &after, reason)?;
+            }
+            Ok(Executed {
+                revision: None,
+                diff: diff_value(&before, &after),
+                changed: before != after,
+                output: after,
+            })
+        }
     }
 }
 
@@ -220,20 +249,13 @@ pub async fn policy(ctx: &Ctx) -> store::Result<Policy> {
         .unwrap_or_else(|| ctx.approval_defaults.clone()))
 }
 
-pub async fn set_policy(ctx: &Ctx, actor: &Actor, new: Policy, reason: &str) -> store::Result<()> {
-    for env in &new.protected_environments {
-        store::users::validate_name(env)?;
-    }
-    if new.expire_after_ms < 60_000 {
-        return Err(StoreError::Invalid("requests must stay open at least one minute".into()));
-    }
-    let before = serde_json::to_value(policy(ctx).await?)?;
-    let after = serde_json::to_value(&new)?;
-    let actor = actor.clone();
-    let reason = reason.to_string();
-    ctx.store
-        .write(move |tx| store::approvals::set_policy(tx, &actor, &before, &after, &reason))
-        .await
+/// Saves a new policy; this too waits for a second admin when one exists.
+pub async fn set_policy(ctx: &Ctx, actor: &Actor, new: Policy, reason: &str) -> store::Result<Submitted> {
+    let op = Op::PolicySet {
+        policy: new,
+        config_default: ctx.approval_defaults.clone(),
+    };
+    submit(ctx, actor, op, reason).await
 }
 
 /// Runs `op` now, or records a pending request when the policy asks for a

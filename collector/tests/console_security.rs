@@ -614,6 +614,14 @@ async fn four_eyes() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["approval"]["diff"][0]["after"], "admin");
+
+    // switching the protection off waits for a second admin too
+    let r = h
+        .api_post(&h.admin_token, "/approval-policy", json!({"protected_environments": [], "grant_roles": true, "expire_after_ms": 86400000, "reason": "t"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED, "weakening the policy needs a second admin");
+    let p: Value = h.api(&h.admin_token, reqwest::Method::GET, "/approval-policy", None).await.json().await.unwrap();
+    assert_eq!(p["protected_environments"], json!(["prod"]));
     h.stop().await;
 }
 

@@ -134,10 +134,9 @@ async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
         r
     };
     if let Some((secs, what)) = ctx.console.limiter.locked_for(&username, &source, now) {
-        let (a, u) = (anonymous.clone(), username.clone());
-        ctx.store
-            .write(move |tx| store::sessions::login_failed(tx, &a, &u, "throttled: too many failed attempts"))
-            .await?;
+        // not audited one by one: a locked-out flood must not fill the audit
+        // log (the failures that caused the lock are audited)
+        tracing::debug!(user = %username, source = %source, "console sign-in throttled");
         let wait = if secs >= 60 { format!("{} min", (secs + 59) / 60) } else { format!("{secs} s") };
         return Ok(refuse(
             StatusCode::TOO_MANY_REQUESTS,
@@ -190,4 +189,42 @@ async fn logout(State(ctx): State<Ctx>, Extension(session): Extension<Session>) 
     ctx.store.write(move |tx| store::sessions::logout(tx, &actor, &h)).await?;
     let resp = Redirect::to("/console/login?signed_out=1").into_response();
     Ok(secure(resp, Some(super::clear_cookie(&ctx.console))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_locks_account_then_address_and_releases() {
+        let l = Limiter::default();
+        let t0 = 1_000_000;
+        for i in 0..MAX_PER_ACCOUNT as i64 {
+            assert!(l.locked_for("alice", "10.0.0.1", t0 + i).is_none());
+            l.fail("alice", "10.0.0.1", t0 + i);
+        }
+        let (secs, what) = l.locked_for("alice", "10.0.0.9", t0 + 10).expect("account locked");
+        assert_eq!(what, "this account");
+        assert!(secs > 0 && secs <= WINDOW_MS / 1000 + 1);
+        // another account from the same address is not locked yet
+        assert!(l.locked_for("bob", "10.0.0.1", t0 + 10).is_none());
+        // after the window the account is free again
+        assert!(l.locked_for("alice", "10.0.0.1", t0 + WINDOW_MS + 10).is_none());
+        // many accounts from one address lock the address
+        for i in 0..MAX_PER_ADDRESS {
+            l.fail(&format!("u{i}"), "10.0.0.2", t0);
+        }
+        assert_eq!(l.locked_for("fresh", "10.0.0.2", t0 + 1).map(|x| x.1), Some("your address"));
+        l.succeed("alice");
+        assert!(l.locked_for("alice", "10.0.0.3", t0 + 20).is_none());
+    }
+
+    #[test]
+    fn only_local_console_paths_are_followed_after_login() {
+        assert_eq!(safe_next(Some("/console/flags?env=prod")), "/console/flags?env=prod");
+        assert_eq!(safe_next(Some("https://evil.example/")), "/console/");
+        assert_eq!(safe_next(Some("//evil.example/console/")), "/console/");
+        assert_eq!(safe_next(Some("/console/\\evil")), "/console/");
+        assert_eq!(safe_next(None), "/console/");
+    }
 }

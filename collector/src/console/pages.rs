@@ -482,7 +482,14 @@ async fn flag_set(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<FlagSet
 /// "waiting for approval" page.
 async fn submitted(ctx: &Ctx, s: &Session, out: Submitted, back: &str) -> PageResult {
     match out {
-        Submitted::Applied(e) if !e.changed => Ok(see_other(&back.replace("done=flag", "done=nochange").replace("done=applied", "done=nochange"))),
+        Submitted::Applied(e) if !e.changed => {
+            let path = back.split('?').next().unwrap_or(back);
+            let env = back.split(['?', '&']).find(|p| p.starts_with("env="));
+            Ok(see_other(&match env {
+                Some(e) => format!("{path}?{e}&done=nochange"),
+                None => format!("{path}?done=nochange"),
+            }))
+        }
         Submitted::Applied(_) => Ok(see_other(back)),
         Submitted::Pending(a) => pending_page(ctx, s, &a, None).await,
     }
@@ -592,6 +599,9 @@ async fn flags_apply(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<Defi
 
 // ---- kill switches ----
 
+/// Laggards named on a switch card; the rest are counted.
+const MAX_LAGGARDS_SHOWN: usize = 12;
+
 fn switch_card(s: &Session, env: &str, k: &KillSwitchView) -> Markup {
     let scope = k.service.as_deref();
     let confirm = |action: &str| {
@@ -623,10 +633,14 @@ fn switch_card(s: &Session, env: &str, k: &KillSwitchView) -> Markup {
             }
             @if !k.lagging.is_empty() {
                 p.lagging { "Not yet applied: "
-                    @for (i, a) in k.lagging.iter().enumerate() {
+                    @for (i, a) in k.lagging.iter().take(MAX_LAGGARDS_SHOWN).enumerate() {
                         @if i > 0 { ", " }
                         (a["service"].as_str().unwrap_or("?")) "/" (a["instance"].as_str().unwrap_or("?"))
                         " (" code { (a["id"].as_str().unwrap_or("?")) } ")"
+                    }
+                    @if k.lagging.len() > MAX_LAGGARDS_SHOWN {
+                        " and " (k.lagging.len() - MAX_LAGGARDS_SHOWN) " more ("
+                        a href={ "/console/agents?env=" (enc(env)) } { "see agents" } ")"
                     }
                 }
             }
@@ -1093,7 +1107,7 @@ async fn users_page(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<Env
             }
             div.card {
                 h2 { "Approval policy" }
-                p.muted { "These changes wait for a second person. Kill and revive never wait." }
+                p.muted { "These changes wait for a second person (as does changing this policy). Kill and revive never wait." }
                 form.change method="post" action="/console/policy" {
                     (render::csrf(&s))
                     label.grow { "Protected environments (comma-separated) "
@@ -1267,6 +1281,6 @@ async fn policy_set(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<Polic
         grant_roles: f.grant_roles.is_some(),
         expire_after_ms: expire.as_millis() as i64,
     };
-    approvals::set_policy(&ctx, &actor, policy, &f.reason).await?;
-    Ok(see_other("/console/users?done=policy"))
+    let out = approvals::set_policy(&ctx, &actor, policy, &f.reason).await?;
+    submitted(&ctx, &s, out, "/console/users?done=policy").await
 }

@@ -243,7 +243,7 @@ pub fn targeting(v: &Value) -> String {
             "in" => bin("in"),
             "starts_with" => bin("starts with"),
             "ends_with" => bin("ends with"),
-            "sem_ver" if list.len() == 3 => format!("version {} {} {}", val(&list[0]), list[1].as_str().unwrap_or("?"), val(&list[2])),
+            "sem_ver" if list.len() == 3 => format!("{} {} {} (semver)", val(&list[0]), list[1].as_str().unwrap_or("?"), val(&list[2])),
             "fractional" => {
                 let (by, buckets) = match list.first() {
                     Some(Value::Array(_)) | None => ("targetingKey".to_string(), &list[..]),
@@ -307,4 +307,29 @@ pub fn role_select(name: &str, selected: Role) -> Markup {
 #[allow(dead_code)]
 pub fn raw(s: &'static str) -> PreEscaped<&'static str> {
     PreEscaped(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn targeting_reads_like_a_rule() {
+        let t = json!({"if": [{"starts_with": [{"var": "targetingKey"}, "beta-"]}, "on", "off"]});
+        assert_eq!(targeting(&t), r#"if targetingKey starts with "beta-" then "on" else "off""#);
+        let t = json!({"fractional": [["red", 50], ["blue", 50]]});
+        assert_eq!(targeting(&t), r#"split by targetingKey: "red" 50%, "blue" 50%"#);
+        let t = json!({"if": [{"and": [{"==": [{"var": "region"}, "eu"]}, {"sem_ver": [{"var": "version"}, ">=", "1.2.0"]}]}, "on", "off"]});
+        assert_eq!(targeting(&t), r#"if (region is "eu" and version >= "1.2.0" (semver)) then "on" else "off""#);
+        assert_eq!(targeting(&json!({})), "");
+    }
+
+    #[test]
+    fn diff_rows_escape_user_text() {
+        let d = json!([{"path": "/flags/<b>x</b>", "before": "<script>", "after": "ok"}]);
+        let html = diff_table(&d).into_string();
+        assert!(!html.contains("<script>") && html.contains("&lt;script&gt;"));
+        assert!(!html.contains("<b>x</b>"));
+    }
 }
