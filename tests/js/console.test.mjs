@@ -56,11 +56,13 @@ async function login(page, role) {
   await page.locator(".me .who").filter({ hasText: u }).waitFor();
 }
 
+/** Full-page screenshots at both widths, plus what a phone shows first. */
 async function shoot(page, name) {
   for (const [label, vp] of Object.entries(VIEWPORTS)) {
     await page.setViewportSize(vp);
     await page.screenshot({ path: `${SHOTS}/${name}-${label}.png`, fullPage: true });
   }
+  await page.screenshot({ path: `${SHOTS}/${name}-phone-first-screen.png` });
   await page.setViewportSize(VIEWPORTS.desktop);
 }
 
