@@ -19,7 +19,10 @@ const BUDGET: Duration = Duration::from_millis(50);
 const PASSWORD: &str = "bench-password-123";
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(run());
 }
 
@@ -70,7 +73,19 @@ async fn seed(st: &store::Store) {
         .unwrap();
     }
     // audit entries: kill/revive (with revisions) and flag changes, in batches
-    let mut written = st.read(|c| Ok(store::audit::list(c, &store::audit::Filter { limit: Some(1), ..Default::default() })?[0].seq)).await.unwrap() as usize;
+    let mut written = st
+        .read(|c| {
+            Ok(store::audit::list(
+                c,
+                &store::audit::Filter {
+                    limit: Some(1),
+                    ..Default::default()
+                },
+            )?[0]
+                .seq)
+        })
+        .await
+        .unwrap() as usize;
     let mut round = 0usize;
     while written < AUDIT_ENTRIES {
         let a2 = a.clone();
@@ -81,11 +96,31 @@ async fn seed(st: &store::Store) {
                 let k = r * 500 + i;
                 match k % 3 {
                     0 => {
-                        store::killswitches::set_state(tx, &a2, "prod", None, &format!("switch-{}", k % 5), k.is_multiple_of(2), "bench")?;
+                        store::killswitches::set_state(
+                            tx,
+                            &a2,
+                            "prod",
+                            None,
+                            &format!("switch-{}", k % 5),
+                            k.is_multiple_of(2),
+                            "bench",
+                        )?;
                     }
                     1 => {
-                        let state = if k.is_multiple_of(2) { "DISABLED" } else { "ENABLED" };
-                        store::flags::set(tx, &a2, "prod", &format!("flag-{:02}", k % FLAGS), Some(state), None, "bench")?;
+                        let state = if k.is_multiple_of(2) {
+                            "DISABLED"
+                        } else {
+                            "ENABLED"
+                        };
+                        store::flags::set(
+                            tx,
+                            &a2,
+                            "prod",
+                            &format!("flag-{:02}", k % FLAGS),
+                            Some(state),
+                            None,
+                            "bench",
+                        )?;
                     }
                     _ => {
                         store::tokens::create_enroll_token(tx, &a2, "staging", "web", None)?;
@@ -97,7 +132,19 @@ async fn seed(st: &store::Store) {
         .await
         .unwrap();
         round += 1;
-        written = st.read(|c| Ok(store::audit::list(c, &store::audit::Filter { limit: Some(1), ..Default::default() })?[0].seq)).await.unwrap() as usize;
+        written = st
+            .read(|c| {
+                Ok(store::audit::list(
+                    c,
+                    &store::audit::Filter {
+                        limit: Some(1),
+                        ..Default::default()
+                    },
+                )?[0]
+                    .seq)
+            })
+            .await
+            .unwrap() as usize;
     }
 }
 
@@ -122,13 +169,24 @@ async fn run() {
     let (agents, entries) = running
         .ctx
         .store
-        .read(|c| Ok((store::agents::list(c, None, None)?.len(), store::audit::verify(c)?.entries)))
+        .read(|c| {
+            Ok((
+                store::agents::list(c, None, None)?.len(),
+                store::audit::verify(c)?.entries,
+            ))
+        })
         .await
         .unwrap();
-    eprintln!("seeded {agents} agents and {entries} audit entries in {:.1} s", seeded.elapsed().as_secs_f64());
+    eprintln!(
+        "seeded {agents} agents and {entries} audit entries in {:.1} s",
+        seeded.elapsed().as_secs_f64()
+    );
 
     let base = format!("http://{}", running.admin_addr);
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let r = http
         .post(format!("{base}/console/login"))
         .form(&[("username", "bench"), ("password", PASSWORD)])
@@ -158,14 +216,22 @@ async fn run() {
         "/console/users",
         "/console/audit/verify",
     ];
-    println!("{:<46} {:>9} {:>9} {:>9} {:>10}", "page", "median", "p95", "max", "bytes");
+    println!(
+        "{:<46} {:>9} {:>9} {:>9} {:>10}",
+        "page", "median", "p95", "max", "bytes"
+    );
     let mut over = Vec::new();
     for p in pages {
         let mut times = Vec::with_capacity(ITERATIONS);
         let mut bytes = 0;
         for _ in 0..ITERATIONS {
             let t = Instant::now();
-            let r = http.get(format!("{base}{p}")).header("cookie", &cookie).send().await.unwrap();
+            let r = http
+                .get(format!("{base}{p}"))
+                .header("cookie", &cookie)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(r.status(), 200, "{p}");
             bytes = r.bytes().await.unwrap().len();
             times.push(t.elapsed());

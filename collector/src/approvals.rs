@@ -45,7 +45,9 @@ impl Policy {
             Op::FlagSet { environment, .. } | Op::FlagApply { environment, .. } => {
                 self.protected_environments.iter().any(|e| e == environment)
             }
-            Op::UserAdd { .. } | Op::UserSetRole { .. } | Op::TokenCreate { .. } => self.grant_roles,
+            Op::UserAdd { .. } | Op::UserSetRole { .. } | Op::TokenCreate { .. } => {
+                self.grant_roles
+            }
             // otherwise one admin could switch the protection off and then
             // change protected flags alone
             Op::PolicySet { .. } => true,
@@ -114,7 +116,9 @@ impl Op {
 
     pub fn target(&self) -> String {
         match self {
-            Op::FlagSet { environment, key, .. } => format!("flag:{environment}/{key}"),
+            Op::FlagSet {
+                environment, key, ..
+            } => format!("flag:{environment}/{key}"),
             Op::FlagApply { environment, .. } => format!("flags:{environment}"),
             Op::UserAdd { name, .. } | Op::UserSetRole { name, .. } => format!("user:{name}"),
             Op::TokenCreate { id, .. } => format!("token:{id}"),
@@ -136,19 +140,45 @@ pub struct Executed {
 }
 
 /// Runs `op` through the store functions inside `tx`.
-pub fn execute(tx: &rusqlite::Transaction<'_>, op: &Op, actor: &Actor, reason: &str) -> store::Result<Executed> {
+pub fn execute(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    actor: &Actor,
+    reason: &str,
+) -> store::Result<Executed> {
     match op {
-        Op::FlagSet { environment, key, state, default_variant } => {
+        Op::FlagSet {
+            environment,
+            key,
+            state,
+            default_variant,
+        } => {
+            let (change, rev) = store::flags::set(
+                tx,
+                actor,
+                environment,
+                key,
+                state.as_deref(),
+                default_variant.as_deref(),
+                reason,
+            )?;
+            Ok(flag_executed(change, rev))
+        }
+        Op::FlagApply {
+            environment,
+            definition,
+        } => {
+            common::flags::FlagSet::from_value(definition)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
             let (change, rev) =
-                store::flags::set(tx, actor, environment, key, state.as_deref(), default_variant.as_deref(), reason)?;
+                store::flags::apply(tx, actor, environment, definition.clone(), reason, false)?;
             Ok(flag_executed(change, rev))
         }
-        Op::FlagApply { environment, definition } => {
-            common::flags::FlagSet::from_value(definition).map_err(|e| StoreError::Invalid(e.to_string()))?;
-            let (change, rev) = store::flags::apply(tx, actor, environment, definition.clone(), reason, false)?;
-            Ok(flag_executed(change, rev))
-        }
-        Op::UserAdd { name, role, password_hash } => {
+        Op::UserAdd {
+            name,
+            role,
+            password_hash,
+        } => {
             let u = store::users::add(tx, actor, name, *role, password_hash, reason)?;
             let after = json!({"name": u.name, "role": u.role});
             Ok(Executed {
@@ -173,8 +203,23 @@ pub fn execute(tx: &rusqlite::Transaction<'_>, op: &Op, actor: &Actor, reason: &
                 output: after,
             })
         }
-        Op::TokenCreate { id, name, role, secret_hash, expires_ms } => {
-            let t = store::tokens::insert_api_token(tx, actor, id, secret_hash, name, *role, *expires_ms, reason)?;
+        Op::TokenCreate {
+            id,
+            name,
+            role,
+            secret_hash,
+            expires_ms,
+        } => {
+            let t = store::tokens::insert_api_token(
+                tx,
+                actor,
+                id,
+                secret_hash,
+                name,
+                *role,
+                *expires_ms,
+                reason,
+            )?;
             let after = json!({"id": t.id, "name": t.name, "role": t.role, "expires": t.expires});
             Ok(Executed {
                 revision: None,
@@ -183,14 +228,20 @@ pub fn execute(tx: &rusqlite::Transaction<'_>, op: &Op, actor: &Actor, reason: &
                 changed: true,
             })
         }
-        Op::PolicySet { policy, config_default } => {
+        Op::PolicySet {
+            policy,
+            config_default,
+        } => {
             for env in &policy.protected_environments {
                 store::users::validate_name(env)?;
             }
             if policy.expire_after_ms < 60_000 {
-                return Err(StoreError::Invalid("requests must stay open at least one minute".into()));
+                return Err(StoreError::Invalid(
+                    "requests must stay open at least one minute".into(),
+                ));
             }
-            let before = store::approvals::policy(tx)?.unwrap_or(serde_json::to_value(config_default)?);
+            let before =
+                store::approvals::policy(tx)?.unwrap_or(serde_json::to_value(config_default)?);
             let after = serde_json::to_value(policy)?;
             if before != after {
                 store::approvals::set_policy(tx, actor, &before, &after, reason)?;
@@ -250,7 +301,12 @@ pub async fn policy(ctx: &Ctx) -> store::Result<Policy> {
 }
 
 /// Saves a new policy; this too waits for a second admin when one exists.
-pub async fn set_policy(ctx: &Ctx, actor: &Actor, new: Policy, reason: &str) -> store::Result<Submitted> {
+pub async fn set_policy(
+    ctx: &Ctx,
+    actor: &Actor,
+    new: Policy,
+    reason: &str,
+) -> store::Result<Submitted> {
     let op = Op::PolicySet {
         policy: new,
         config_default: ctx.approval_defaults.clone(),
@@ -285,7 +341,11 @@ pub async fn submit(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::Re
             Ok(Submitted::Pending(Box::new(a)))
         })
         .await?;
-    if let Submitted::Applied(Executed { revision: Some(rev), .. }) = &out {
+    if let Submitted::Applied(Executed {
+        revision: Some(rev),
+        ..
+    }) = &out
+    {
         ctx.hub.publish(rev);
     }
     Ok(out)
@@ -312,7 +372,12 @@ pub async fn approve(
     decide(ctx, approver, token_creator, id, reason, true).await
 }
 
-pub async fn reject(ctx: &Ctx, approver: &Actor, id: &str, reason: &str) -> Result<Decided, ApprovalError> {
+pub async fn reject(
+    ctx: &Ctx,
+    approver: &Actor,
+    id: &str,
+    reason: &str,
+) -> Result<Decided, ApprovalError> {
     decide(ctx, approver, None, id, reason, false).await
 }
 
@@ -379,7 +444,14 @@ async fn decide(
         })
         .await?;
     let decided = out.map_err(ApprovalError::Forbidden)?;
-    if let Decided::Approved(_, Executed { revision: Some(rev), .. }) = &decided {
+    if let Decided::Approved(
+        _,
+        Executed {
+            revision: Some(rev),
+            ..
+        },
+    ) = &decided
+    {
         ctx.hub.publish(rev);
     }
     Ok(decided)
@@ -388,6 +460,12 @@ async fn decide(
 /// Expires overdue requests (run periodically).
 pub async fn expire_due(ctx: &Ctx) -> store::Result<usize> {
     ctx.store
-        .write(|tx| store::approvals::expire_due(tx, &Actor::system("system:approvals"), common::time::now_ms()))
+        .write(|tx| {
+            store::approvals::expire_due(
+                tx,
+                &Actor::system("system:approvals"),
+                common::time::now_ms(),
+            )
+        })
         .await
 }

@@ -57,7 +57,9 @@ impl Harness {
     async fn start(idle_ms: i64) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let init = collector::init::init(dir.path()).unwrap();
-        let running = collector::start(settings(dir.path(), idle_ms)).await.unwrap();
+        let running = collector::start(settings(dir.path(), idle_ms))
+            .await
+            .unwrap();
         let base = format!("http://{}", running.admin_addr);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -72,7 +74,14 @@ impl Harness {
                 .write(move |tx| {
                     let a = Actor::system("system:test");
                     store::users::add(tx, &a, &user_name(r), r, &hash, "test")?;
-                    let (_, secret) = store::tokens::create_api_token(tx, &a, &format!("t-{}", r.as_str()), r, None, "test")?;
+                    let (_, secret) = store::tokens::create_api_token(
+                        tx,
+                        &a,
+                        &format!("t-{}", r.as_str()),
+                        r,
+                        None,
+                        "test",
+                    )?;
                     Ok(secret)
                 })
                 .await
@@ -130,7 +139,11 @@ impl Harness {
     async fn login_raw(&self, user: &str, password: &str) -> reqwest::Response {
         self.http
             .post(format!("{}/console/login", self.base))
-            .form(&[("username", user), ("password", password), ("next", "/console/")])
+            .form(&[
+                ("username", user),
+                ("password", password),
+                ("next", "/console/"),
+            ])
             .send()
             .await
             .unwrap()
@@ -153,7 +166,12 @@ impl Harness {
         (r.status(), r.text().await.unwrap())
     }
 
-    async fn console_post(&self, s: &Sess, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+    async fn console_post(
+        &self,
+        s: &Sess,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut f: Vec<(&str, &str)> = fields.to_vec();
         f.push(("csrf", &s.csrf));
         self.http
@@ -165,7 +183,13 @@ impl Harness {
             .unwrap()
     }
 
-    async fn api(&self, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Response {
+    async fn api(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
         let mut req = self
             .http
             .request(method, format!("{}/api/v1{path}", self.base))
@@ -177,7 +201,8 @@ impl Harness {
     }
 
     async fn api_post(&self, token: &str, path: &str, body: Value) -> reqwest::Response {
-        self.api(token, reqwest::Method::POST, path, Some(body)).await
+        self.api(token, reqwest::Method::POST, path, Some(body))
+            .await
     }
 
     /// A pending request to change a prod flag, made by the init admin.
@@ -193,9 +218,17 @@ impl Harness {
             .as_str()
             .unwrap()
             .to_string();
-        let next = if cur == "ENABLED" { "DISABLED" } else { "ENABLED" };
+        let next = if cur == "ENABLED" {
+            "DISABLED"
+        } else {
+            "ENABLED"
+        };
         let r = self
-            .api_post(&self.admin_token, "/flags/f1", json!({"environment": "prod", "state": next, "reason": "test"}))
+            .api_post(
+                &self.admin_token,
+                "/flags/f1",
+                json!({"environment": "prod", "state": next, "reason": "test"}),
+            )
             .await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
         let v: Value = r.json().await.unwrap();
@@ -224,7 +257,14 @@ impl Harness {
     async fn new_api_token(&self, n: usize) -> String {
         let st = self.ctx().store.clone();
         st.write(move |tx| {
-            let (t, _) = store::tokens::create_api_token(tx, &Actor::system("system:test"), &format!("spare-{n}"), Role::Viewer, None, "")?;
+            let (t, _) = store::tokens::create_api_token(
+                tx,
+                &Actor::system("system:test"),
+                &format!("spare-{n}"),
+                Role::Viewer,
+                None,
+                "",
+            )?;
             Ok(t.id)
         })
         .await
@@ -267,8 +307,14 @@ const ROUTES: &[(&str, Role)] = &[
     ("console POST /console/flags/apply", Role::Operator),
     ("console POST /console/killswitches/kill", Role::Responder),
     ("console POST /console/killswitches/revive", Role::Responder),
-    ("console POST /console/approvals/{id}/approve", Role::Operator),
-    ("console POST /console/approvals/{id}/reject", Role::Operator),
+    (
+        "console POST /console/approvals/{id}/approve",
+        Role::Operator,
+    ),
+    (
+        "console POST /console/approvals/{id}/reject",
+        Role::Operator,
+    ),
     ("console POST /console/users", Role::Admin),
     ("console POST /console/users/{name}/role", Role::Admin),
     ("console POST /console/tokens", Role::Admin),
@@ -389,16 +435,27 @@ async fn every_mutating_route_with_every_role() {
             let status = call(&h, route, role, n).await;
             let allowed = role.allows(*needed);
             let ok = if allowed {
-                matches!(status, StatusCode::OK | StatusCode::ACCEPTED | StatusCode::SEE_OTHER)
+                matches!(
+                    status,
+                    StatusCode::OK | StatusCode::ACCEPTED | StatusCode::SEE_OTHER
+                )
             } else {
                 status == StatusCode::FORBIDDEN
             };
             if !ok {
-                failures.push(format!("{route} as {}: got {status}, expected {}", role.as_str(), if allowed { "200/202/303" } else { "403" }));
+                failures.push(format!(
+                    "{route} as {}: got {status}, expected {}",
+                    role.as_str(),
+                    if allowed { "200/202/303" } else { "403" }
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "role matrix failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "role matrix failures:\n{}",
+        failures.join("\n")
+    );
     h.stop().await;
 }
 
@@ -417,32 +474,74 @@ async fn csrf_and_cross_site_posts_are_refused() {
         }
         req.send()
     };
-    let base = vec![("env", "dev".to_string()), ("name", "ks1".to_string()), ("reason", "t".to_string())];
+    let base = vec![
+        ("env", "dev".to_string()),
+        ("name", "ks1".to_string()),
+        ("reason", "t".to_string()),
+    ];
     // no token
-    assert_eq!(kill(base.clone(), None).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        kill(base.clone(), None).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
     // a wrong token (another user's)
     let mut wrong = base.clone();
     wrong.push(("csrf", h.sessions[&Role::Viewer].csrf.clone()));
-    assert_eq!(kill(wrong, None).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        kill(wrong, None).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
     // the right token from another site
     let mut right = base.clone();
     right.push(("csrf", s.csrf.clone()));
-    assert_eq!(kill(right.clone(), Some("cross-site")).await.unwrap().status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        kill(right.clone(), Some("cross-site"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
     // nothing was killed so far
-    let killed = h.ctx().store.read(|c| store::flags::latest(c, "dev")).await.unwrap().unwrap().killswitches;
+    let killed = h
+        .ctx()
+        .store
+        .read(|c| store::flags::latest(c, "dev"))
+        .await
+        .unwrap()
+        .unwrap()
+        .killswitches;
     assert!(killed.iter().all(|k| !k.killed));
     // the right token from the console itself works
-    assert_eq!(kill(right, Some("same-origin")).await.unwrap().status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        kill(right, Some("same-origin")).await.unwrap().status(),
+        StatusCode::SEE_OTHER
+    );
     // no session at all: sent to the login page, nothing done
-    let r = h.http.post(format!("{}/console/killswitches/revive", h.base)).form(&base).send().await.unwrap();
+    let r = h
+        .http
+        .post(format!("{}/console/killswitches/revive", h.base))
+        .form(&base)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert!(r.headers()["location"].to_str().unwrap().starts_with("/console/login"));
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/console/login"));
     // security headers and cookie flags
     let r = h.login_raw("u-viewer", PASSWORD).await;
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
     let csp = r.headers()["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
+    assert!(
+        csp.contains("frame-ancestors 'none'")
+            && csp.contains("script-src 'self'")
+            && !csp.contains("unsafe-inline")
+    );
     assert_eq!(r.headers()["x-content-type-options"], "nosniff");
     assert!(r.headers().contains_key("referrer-policy"));
     h.stop().await;
@@ -467,9 +566,18 @@ async fn sessions_renew_end_and_throttle() {
 
     // role change: the next request renews the id, the old one stops working
     let st = h.ctx().store.clone();
-    st.write(|tx| store::users::set_role(tx, &Actor::system("system:test"), "u-operator", Role::Responder, "t").map(|_| ()))
-        .await
-        .unwrap();
+    st.write(|tx| {
+        store::users::set_role(
+            tx,
+            &Actor::system("system:test"),
+            "u-operator",
+            Role::Responder,
+            "t",
+        )
+        .map(|_| ())
+    })
+    .await
+    .unwrap();
     let r = h
         .http
         .get(format!("{}/console/agents", h.base))
@@ -480,23 +588,39 @@ async fn sessions_renew_end_and_throttle() {
     assert_eq!(r.status(), StatusCode::OK);
     let renewed = set_cookie(&r).expect("a renewed session cookie");
     assert_ne!(renewed, a.cookie);
-    assert_eq!(h.get_page(&a.cookie, "/console/agents").await.0, StatusCode::SEE_OTHER);
+    assert_eq!(
+        h.get_page(&a.cookie, "/console/agents").await.0,
+        StatusCode::SEE_OTHER
+    );
     let (status, page) = h.get_page(&renewed, "/console/agents").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(page.contains("role-responder"), "the page shows the new role");
+    assert!(
+        page.contains("role-responder"),
+        "the page shows the new role"
+    );
 
     // logout ends the session on the server
     let r = h.console_post(&b, "/console/logout", &[]).await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
-    assert_eq!(h.get_page(&b.cookie, "/console/").await.0, StatusCode::SEE_OTHER);
+    assert_eq!(
+        h.get_page(&b.cookie, "/console/").await.0,
+        StatusCode::SEE_OTHER
+    );
 
     // throttling: five failures lock the account, even for the right password
     for _ in 0..5 {
-        assert_eq!(h.login_raw("u-viewer", "wrong password!").await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            h.login_raw("u-viewer", "wrong password!").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     let r = h.login_raw("u-viewer", PASSWORD).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(r.text().await.unwrap().contains("Too many failed sign-in attempts for this account"));
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("Too many failed sign-in attempts for this account"));
     // another account from the same address is still fine (address limit is higher)
     assert!(h.login("u-admin", PASSWORD).await.is_some());
 
@@ -507,7 +631,12 @@ async fn sessions_renew_end_and_throttle() {
         .read(|c| store::audit::list(c, &store::audit::Filter::default()))
         .await
         .unwrap();
-    let find = |action: &str| entries.iter().find(|e| e.action == action).unwrap_or_else(|| panic!("no {action} entry"));
+    let find = |action: &str| {
+        entries
+            .iter()
+            .find(|e| e.action == action)
+            .unwrap_or_else(|| panic!("no {action} entry"))
+    };
     for action in ["auth.login", "auth.login_failed", "auth.logout"] {
         let e = find(action);
         assert_eq!(e.source, "127.0.0.1", "{action}");
@@ -535,7 +664,11 @@ async fn four_eyes() {
     let state = |h: &Harness| {
         let st = h.ctx().store.clone();
         async move {
-            st.read(|c| store::flags::latest(c, "prod")).await.unwrap().unwrap().flags["flags"]["f1"]["state"]
+            st.read(|c| store::flags::latest(c, "prod"))
+                .await
+                .unwrap()
+                .unwrap()
+                .flags["flags"]["f1"]["state"]
                 .as_str()
                 .unwrap()
                 .to_string()
@@ -543,74 +676,179 @@ async fn four_eyes() {
     };
     assert_eq!(state(&h).await, "ENABLED");
     // the requester (an admin) cannot approve it, by token or in the console
-    let r = h.api_post(&h.admin_token, &format!("/approvals/{id}/approve"), json!({})).await;
+    let r = h
+        .api_post(
+            &h.admin_token,
+            &format!("/approvals/{id}/approve"),
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     // a token the requester minted counts as the requester
     let st = h.ctx().store.clone();
     let minted = st
         .write(|tx| {
-            let a = Actor { name: "admin".into(), role: Role::Admin, source: "t".into(), user_agent: "t".into() };
+            let a = Actor {
+                name: "admin".into(),
+                role: Role::Admin,
+                source: "t".into(),
+                user_agent: "t".into(),
+            };
             Ok(store::tokens::create_api_token(tx, &a, "sneaky", Role::Admin, None, "")?.1)
         })
         .await
         .unwrap();
-    let r = h.api_post(&minted, &format!("/approvals/{id}/approve"), json!({})).await;
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a token minted by the requester must not approve");
+    let r = h
+        .api_post(&minted, &format!("/approvals/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "a token minted by the requester must not approve"
+    );
     // a responder may not approve a flag change
-    let r = h.api_post(&h.tokens[&Role::Responder], &format!("/approvals/{id}/approve"), json!({})).await;
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Responder],
+            &format!("/approvals/{id}/approve"),
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert_eq!(state(&h).await, "ENABLED");
     // an operator approves: the change applies at once
-    let r = h.console_post(&h.sessions[&Role::Operator], &format!("/console/approvals/{id}/approve"), &[("reason", "looks right")]).await;
+    let r = h
+        .console_post(
+            &h.sessions[&Role::Operator],
+            &format!("/console/approvals/{id}/approve"),
+            &[("reason", "looks right")],
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(state(&h).await, "DISABLED");
     // approving twice does nothing more
-    let r = h.api_post(&h.tokens[&Role::Admin], &format!("/approvals/{id}/approve"), json!({})).await;
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Admin],
+            &format!("/approvals/{id}/approve"),
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
     // audited: request, the change (by the requester, naming the approver), approval
-    let entries = h.ctx().store.read(|c| store::audit::list(c, &store::audit::Filter::default())).await.unwrap();
+    let entries = h
+        .ctx()
+        .store
+        .read(|c| store::audit::list(c, &store::audit::Filter::default()))
+        .await
+        .unwrap();
     let target = format!("approval:{id}");
-    assert!(entries.iter().any(|e| e.action == "approval.request" && e.target == target && e.actor == "admin"));
-    assert!(entries.iter().any(|e| e.action == "approval.approve" && e.target == target && e.actor == "u-operator"));
     assert!(entries
         .iter()
-        .any(|e| e.action == "flags.set" && e.actor == "admin" && e.reason.contains("approved by u-operator")));
+        .any(|e| e.action == "approval.request" && e.target == target && e.actor == "admin"));
+    assert!(entries
+        .iter()
+        .any(|e| e.action == "approval.approve" && e.target == target && e.actor == "u-operator"));
+    assert!(entries.iter().any(|e| e.action == "flags.set"
+        && e.actor == "admin"
+        && e.reason.contains("approved by u-operator")));
 
     // the console requester sees no approve button on their own request
     let id2 = {
         let s = &h.sessions[&Role::Operator];
         let r = h
-            .console_post(s, "/console/flags/set", &[("env", "prod"), ("key", "f1"), ("state", "ENABLED"), ("default_variant", "on"), ("reason", "t")])
+            .console_post(
+                s,
+                "/console/flags/set",
+                &[
+                    ("env", "prod"),
+                    ("key", "f1"),
+                    ("state", "ENABLED"),
+                    ("default_variant", "on"),
+                    ("reason", "t"),
+                ],
+            )
             .await;
         assert_eq!(r.status(), StatusCode::ACCEPTED);
-        let list = h.ctx().store.read(|c| store::approvals::list(c, Some("pending"), 10)).await.unwrap();
-        list.iter().find(|a| a.requested_by == "u-operator").unwrap().id.clone()
+        let list = h
+            .ctx()
+            .store
+            .read(|c| store::approvals::list(c, Some("pending"), 10))
+            .await
+            .unwrap();
+        list.iter()
+            .find(|a| a.requested_by == "u-operator")
+            .unwrap()
+            .id
+            .clone()
     };
-    let (_, page) = h.get_page(&h.sessions[&Role::Operator].cookie, "/console/approvals").await;
+    let (_, page) = h
+        .get_page(&h.sessions[&Role::Operator].cookie, "/console/approvals")
+        .await;
     let card = &page[page.find(&format!("approval-{id2}")).unwrap()..];
     let card = &card[..card.find("</table>").unwrap_or(card.len())];
-    assert!(!card.contains("/approve\""), "no approve form on one's own request");
-    let r = h.console_post(&h.sessions[&Role::Operator], &format!("/console/approvals/{id2}/approve"), &[]).await;
+    assert!(
+        !card.contains("/approve\""),
+        "no approve form on one's own request"
+    );
+    let r = h
+        .console_post(
+            &h.sessions[&Role::Operator],
+            &format!("/console/approvals/{id2}/approve"),
+            &[],
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
     // expiry is audited and ends the request
     let st = h.ctx().store.clone();
     let n = st
-        .write(|tx| store::approvals::expire_due(tx, &Actor::system("system:approvals"), common::time::now_ms() + 2 * 86_400_000))
+        .write(|tx| {
+            store::approvals::expire_due(
+                tx,
+                &Actor::system("system:approvals"),
+                common::time::now_ms() + 2 * 86_400_000,
+            )
+        })
         .await
         .unwrap();
     assert!(n >= 1);
-    let r = h.api_post(&h.tokens[&Role::Admin], &format!("/approvals/{id2}/approve"), json!({})).await;
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Admin],
+            &format!("/approvals/{id2}/approve"),
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::CONFLICT);
-    let entries = h.ctx().store.read(|c| store::audit::list(c, &store::audit::Filter::default())).await.unwrap();
-    assert!(entries.iter().any(|e| e.action == "approval.expire" && e.target == format!("approval:{id2}")));
+    let entries = h
+        .ctx()
+        .store
+        .read(|c| store::audit::list(c, &store::audit::Filter::default()))
+        .await
+        .unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| e.action == "approval.expire" && e.target == format!("approval:{id2}")));
 
     // emergency actions never wait, even in a protected environment
-    let r = h.api_post(&h.tokens[&Role::Responder], "/killswitches/ks1/kill", json!({"environment": "prod", "reason": "fire"})).await;
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Responder],
+            "/killswitches/ks1/kill",
+            json!({"environment": "prod", "reason": "fire"}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
 
     // granting a role waits too, and the diff names the role
-    let r = h.api_post(&h.admin_token, "/users/u-viewer/role", json!({"role": "admin", "reason": "t"})).await;
+    let r = h
+        .api_post(
+            &h.admin_token,
+            "/users/u-viewer/role",
+            json!({"role": "admin", "reason": "t"}),
+        )
+        .await;
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["approval"]["diff"][0]["after"], "admin");
@@ -619,8 +857,22 @@ async fn four_eyes() {
     let r = h
         .api_post(&h.admin_token, "/approval-policy", json!({"protected_environments": [], "grant_roles": true, "expire_after_ms": 86400000, "reason": "t"}))
         .await;
-    assert_eq!(r.status(), StatusCode::ACCEPTED, "weakening the policy needs a second admin");
-    let p: Value = h.api(&h.admin_token, reqwest::Method::GET, "/approval-policy", None).await.json().await.unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "weakening the policy needs a second admin"
+    );
+    let p: Value = h
+        .api(
+            &h.admin_token,
+            reqwest::Method::GET,
+            "/approval-policy",
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(p["protected_environments"], json!(["prod"]));
     h.stop().await;
 }
@@ -629,9 +881,62 @@ async fn four_eyes() {
 fn admin_listener_refuses_non_loopback_without_the_explicit_key() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("c.toml");
-    std::fs::write(&f, "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"0.0.0.0:7602\"\n").unwrap();
+    std::fs::write(
+        &f,
+        "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"0.0.0.0:7602\"\n",
+    )
+    .unwrap();
     let e = Settings::load(&f).unwrap_err().to_string();
-    assert!(e.contains("admin.listen") && e.contains("allow_insecure_remote"), "{e}");
-    std::fs::write(&f, "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"0.0.0.0:7602\"\nallow_insecure_remote = true\n").unwrap();
+    assert!(
+        e.contains("admin.listen") && e.contains("allow_insecure_remote"),
+        "{e}"
+    );
+    std::fs::write(
+        &f,
+        "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"0.0.0.0:7602\"\nallow_insecure_remote = true\n",
+    )
+    .unwrap();
     assert!(Settings::load(&f).is_ok());
+}
+
+/// The role matrix above must name every POST route the routers declare, so
+/// a new mutating route cannot go untested.
+#[test]
+fn role_matrix_covers_every_post_route() {
+    let src = |f: &str| {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f)).unwrap()
+    };
+    let mut declared = Vec::new();
+    for (file, prefix, kind) in [
+        ("src/admin.rs", "", "api"),
+        ("src/console/pages.rs", "", "console"),
+        ("src/console/login.rs", "", "console"),
+    ] {
+        for line in src(file).lines() {
+            let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+                continue;
+            };
+            let path = &rest[..rest.find('"').unwrap()];
+            if line.contains("post(") {
+                declared.push(format!("{kind} POST {prefix}{path}"));
+            }
+        }
+    }
+    // sign-in and sign-out are open to everyone (tested in sessions_renew_end_and_throttle)
+    let exempt = [
+        "console POST /console/login",
+        "console POST /console/logout",
+    ];
+    let missing: Vec<&String> = declared
+        .iter()
+        .filter(|d| !exempt.contains(&d.as_str()) && !ROUTES.iter().any(|(r, _)| r == d))
+        .collect();
+    assert!(
+        declared.len() > 20,
+        "route scan found too little: {declared:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "POST routes missing from the role matrix: {missing:?}"
+    );
 }

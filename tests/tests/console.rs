@@ -29,16 +29,27 @@ fn target_dir() -> PathBuf {
 
 fn binary(name: &str) -> PathBuf {
     let p = target_dir().join(name);
-    assert!(p.exists(), "{} not built: run `cargo test --workspace` (it builds the binaries first)", p.display());
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo test --workspace` (it builds the binaries first)",
+        p.display()
+    );
     p
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Kills the child when the test ends, however it ends.
@@ -67,7 +78,10 @@ struct Api {
 
 impl Api {
     fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}/api/v1{path}", self.base)).bearer_auth(&self.token);
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.token);
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -90,10 +104,18 @@ impl Api {
 /// Fails with the setup commands when the browser tooling is missing.
 fn require_browser_tooling(js_dir: &Path) {
     let mut missing = Vec::new();
-    if Command::new("node").arg("--version").output().map(|o| !o.status.success()).unwrap_or(true) {
+    if Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
         missing.push("node (apt-get install -y nodejs npm)");
     }
-    if !js_dir.join("node_modules/playwright-core/package.json").exists() {
+    if !js_dir
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
         missing.push("the npm packages of tests/js (npm ci --prefix tests/js)");
     }
     if !Path::new(CHROMIUM).exists() {
@@ -117,8 +139,16 @@ fn console_in_a_real_browser() {
     let data = tmp.path().join("collector");
 
     // init: admin password and API token
-    let out = Command::new(&collector_bin).args(["init", "--data-dir"]).arg(&data).output().unwrap();
-    assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&collector_bin)
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let admin_password = text
         .lines()
@@ -148,9 +178,15 @@ fn console_in_a_real_browser() {
             .unwrap(),
     );
     let base = format!("http://127.0.0.1:{admin}");
-    let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
     wait_until("the collector", Duration::from_secs(20), || {
-        http.get(format!("{base}/healthz")).send().map(|r| r.status().is_success()).unwrap_or(false)
+        http.get(format!("{base}/healthz"))
+            .send()
+            .map(|r| r.status().is_success())
+            .unwrap_or(false)
     });
     let api = Api {
         base: base.clone(),
@@ -165,11 +201,23 @@ fn console_in_a_real_browser() {
         "banner-color": {"state": "ENABLED", "variants": {"red": "#c00", "blue": "#00c"}, "defaultVariant": "blue",
             "targeting": {"fractional": [["red", 50], ["blue", 50]]}}
     }});
-    api.post("/flags/apply", json!({"environment": "prod", "definition": definition, "reason": "initial flags"}));
+    api.post(
+        "/flags/apply",
+        json!({"environment": "prod", "definition": definition, "reason": "initial flags"}),
+    );
     let (operator_pw, viewer_pw) = ("operator-password-1", "viewer-password-12");
-    api.post("/users", json!({"name": "olivia", "role": "operator", "password": operator_pw}));
-    api.post("/users", json!({"name": "victor", "role": "viewer", "password": viewer_pw}));
-    let enroll = api.post("/agents/enroll-tokens", json!({"environment": "prod", "service": "checkout"}));
+    api.post(
+        "/users",
+        json!({"name": "olivia", "role": "operator", "password": operator_pw}),
+    );
+    api.post(
+        "/users",
+        json!({"name": "victor", "role": "viewer", "password": viewer_pw}),
+    );
+    let enroll = api.post(
+        "/agents/enroll-tokens",
+        json!({"environment": "prod", "service": "checkout"}),
+    );
 
     // a real agent that enforces the switch
     let agent_port = free_port();
@@ -194,14 +242,26 @@ fn console_in_a_real_browser() {
             .spawn()
             .unwrap(),
     );
-    wait_until("the agent to connect and report its kill switch", Duration::from_secs(30), || {
-        let a = api.get("/agents?environment=prod");
-        let connected = a["agents"].as_array().is_some_and(|v| v.iter().any(|x| x["state"] == "connected"));
-        let k = api.get("/killswitches?environment=prod");
-        connected && k["killswitches"].as_array().is_some_and(|v| v.iter().any(|x| x["name"] == "payments"))
-    });
+    wait_until(
+        "the agent to connect and report its kill switch",
+        Duration::from_secs(30),
+        || {
+            let a = api.get("/agents?environment=prod");
+            let connected = a["agents"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|x| x["state"] == "connected"));
+            let k = api.get("/killswitches?environment=prod");
+            connected
+                && k["killswitches"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|x| x["name"] == "payments"))
+        },
+    );
 
-    let shots = target_dir().parent().unwrap_or(&target_dir()).join("console-screenshots");
+    let shots = target_dir()
+        .parent()
+        .unwrap_or(&target_dir())
+        .join("console-screenshots");
     let out = Command::new("node")
         .arg(js_dir.join("console.test.mjs"))
         .current_dir(&js_dir)
@@ -223,7 +283,10 @@ fn console_in_a_real_browser() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
-    assert!(out.status.success(), "console browser test failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "console browser test failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("all console scenarios passed"));
     // the audit chain is intact after everything the browser did
     assert_eq!(api.get("/audit/verify")["ok"], true);

@@ -4,7 +4,9 @@
 //! wait, so guessing gains nothing. The counts live in memory: a restart
 //! clears them (acceptable: a restart is slow and visible in the logs).
 
-use super::{render, secure, session_cookie, source_of, user_agent_of, PageError, PageResult, Session};
+use super::{
+    render, secure, session_cookie, source_of, user_agent_of, PageError, PageResult, Session,
+};
 use crate::auth::{hash_secret, new_secret, verify_password, Actor, Role, SecretKind};
 use crate::store;
 use crate::Ctx;
@@ -37,7 +39,11 @@ impl Limiter {
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let check = |key: String, max: usize, what: &'static str| -> Option<(i64, &'static str)> {
             let v = map.get(&key)?;
-            let recent: Vec<i64> = v.iter().copied().filter(|t| now_ms - t < WINDOW_MS).collect();
+            let recent: Vec<i64> = v
+                .iter()
+                .copied()
+                .filter(|t| now_ms - t < WINDOW_MS)
+                .collect();
             if recent.len() >= max {
                 // wait until the oldest counted failure leaves the window
                 let oldest = recent[recent.len() - max];
@@ -87,7 +93,9 @@ struct LoginQuery {
 /// Only local console paths are followed after login (no open redirect).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with("/console/") && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n) if n.starts_with("/console/") && !n.starts_with("//") && !n.contains('\\') => {
+            n.to_string()
+        }
         _ => "/console/".into(),
     }
 }
@@ -118,7 +126,8 @@ async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
     let bytes = axum::body::to_bytes(req.into_body(), super::MAX_FORM_BYTES)
         .await
         .map_err(|_| PageError::new(StatusCode::PAYLOAD_TOO_LARGE, "form too large"))?;
-    let form: LoginForm = serde_urlencoded::from_bytes(&bytes).map_err(|_| PageError::bad_request("malformed sign-in form"))?;
+    let form: LoginForm = serde_urlencoded::from_bytes(&bytes)
+        .map_err(|_| PageError::bad_request("malformed sign-in form"))?;
     let next = safe_next(form.next.as_deref());
     let username: String = form.username.trim().chars().take(64).collect();
     let now = common::time::now_ms();
@@ -137,17 +146,27 @@ async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
         // not audited one by one: a locked-out flood must not fill the audit
         // log (the failures that caused the lock are audited)
         tracing::debug!(user = %username, source = %source, "console sign-in throttled");
-        let wait = if secs >= 60 { format!("{} min", (secs + 59) / 60) } else { format!("{secs} s") };
+        let wait = if secs >= 60 {
+            format!("{} min", (secs + 59) / 60)
+        } else {
+            format!("{secs} s")
+        };
         return Ok(refuse(
             StatusCode::TOO_MANY_REQUESTS,
             format!("Too many failed sign-in attempts for {what}. Try again in {wait}."),
         ));
     }
     let u = username.clone();
-    let creds = ctx.store.read(move |c| store::users::credentials(c, &u)).await?;
+    let creds = ctx
+        .store
+        .read(move |c| store::users::credentials(c, &u))
+        .await?;
     let password = form.password;
     let (role, ok) = {
-        let hash = creds.as_ref().map(|c| c.1.clone()).unwrap_or_else(|| dummy_hash().to_string());
+        let hash = creds
+            .as_ref()
+            .map(|c| c.1.clone())
+            .unwrap_or_else(|| dummy_hash().to_string());
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .unwrap_or(false);
@@ -157,10 +176,15 @@ async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
         ctx.console.limiter.fail(&username, &source, now);
         let (a, u) = (anonymous, username.clone());
         ctx.store
-            .write(move |tx| store::sessions::login_failed(tx, &a, &u, "wrong user name or password"))
+            .write(move |tx| {
+                store::sessions::login_failed(tx, &a, &u, "wrong user name or password")
+            })
             .await?;
         tracing::warn!(user = %username, source = %source, "console sign-in failed");
-        return Ok(refuse(StatusCode::UNAUTHORIZED, "Wrong user name or password.".into()));
+        return Ok(refuse(
+            StatusCode::UNAUTHORIZED,
+            "Wrong user name or password.".into(),
+        ));
     };
     ctx.console.limiter.succeed(&username);
     // a new session id at every login (no fixation)
@@ -186,7 +210,9 @@ async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
 
 async fn logout(State(ctx): State<Ctx>, Extension(session): Extension<Session>) -> PageResult {
     let (actor, h) = (session.actor.clone(), session.id_hash.clone());
-    ctx.store.write(move |tx| store::sessions::logout(tx, &actor, &h)).await?;
+    ctx.store
+        .write(move |tx| store::sessions::logout(tx, &actor, &h))
+        .await?;
     let resp = Redirect::to("/console/login?signed_out=1").into_response();
     Ok(secure(resp, Some(super::clear_cookie(&ctx.console))))
 }
@@ -203,25 +229,35 @@ mod tests {
             assert!(l.locked_for("alice", "10.0.0.1", t0 + i).is_none());
             l.fail("alice", "10.0.0.1", t0 + i);
         }
-        let (secs, what) = l.locked_for("alice", "10.0.0.9", t0 + 10).expect("account locked");
+        let (secs, what) = l
+            .locked_for("alice", "10.0.0.9", t0 + 10)
+            .expect("account locked");
         assert_eq!(what, "this account");
         assert!(secs > 0 && secs <= WINDOW_MS / 1000 + 1);
         // another account from the same address is not locked yet
         assert!(l.locked_for("bob", "10.0.0.1", t0 + 10).is_none());
         // after the window the account is free again
-        assert!(l.locked_for("alice", "10.0.0.1", t0 + WINDOW_MS + 10).is_none());
+        assert!(l
+            .locked_for("alice", "10.0.0.1", t0 + WINDOW_MS + 10)
+            .is_none());
         // many accounts from one address lock the address
         for i in 0..MAX_PER_ADDRESS {
             l.fail(&format!("u{i}"), "10.0.0.2", t0);
         }
-        assert_eq!(l.locked_for("fresh", "10.0.0.2", t0 + 1).map(|x| x.1), Some("your address"));
+        assert_eq!(
+            l.locked_for("fresh", "10.0.0.2", t0 + 1).map(|x| x.1),
+            Some("your address")
+        );
         l.succeed("alice");
         assert!(l.locked_for("alice", "10.0.0.3", t0 + 20).is_none());
     }
 
     #[test]
     fn only_local_console_paths_are_followed_after_login() {
-        assert_eq!(safe_next(Some("/console/flags?env=prod")), "/console/flags?env=prod");
+        assert_eq!(
+            safe_next(Some("/console/flags?env=prod")),
+            "/console/flags?env=prod"
+        );
         assert_eq!(safe_next(Some("https://evil.example/")), "/console/");
         assert_eq!(safe_next(Some("//evil.example/console/")), "/console/");
         assert_eq!(safe_next(Some("/console/\\evil")), "/console/");

@@ -126,7 +126,9 @@ impl From<crate::approvals::ApprovalError> for PageError {
     fn from(e: crate::approvals::ApprovalError) -> Self {
         match e {
             crate::approvals::ApprovalError::Store(s) => s.into(),
-            crate::approvals::ApprovalError::Forbidden(m) => PageError::new(StatusCode::FORBIDDEN, m),
+            crate::approvals::ApprovalError::Forbidden(m) => {
+                PageError::new(StatusCode::FORBIDDEN, m)
+            }
         }
     }
 }
@@ -151,7 +153,11 @@ impl IntoResponse for PageError {
 pub type PageResult = Result<Response, PageError>;
 
 pub fn html_response(m: maud::Markup) -> Response {
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], m.into_string()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        m.into_string(),
+    )
+        .into_response()
 }
 
 /// The console's routes, to merge into the admin router.
@@ -226,7 +232,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Whether `path` is reachable without a session.
 fn is_public(path: &str) -> bool {
-    path == "/" || path == "/console" || path == "/console/login" || path.starts_with("/console/static/")
+    path == "/"
+        || path == "/console"
+        || path == "/console/login"
+        || path.starts_with("/console/static/")
 }
 
 /// Looks the session up and applies the timeouts; renews the id when the
@@ -240,14 +249,21 @@ async fn load_session(
 ) -> Result<Option<(Session, Option<String>)>, store::StoreError> {
     let mut id_hash = hash_secret(sid);
     let h = id_hash.clone();
-    let Some(row) = ctx.store.read(move |c| store::sessions::lookup(c, &h)).await? else {
+    let Some(row) = ctx
+        .store
+        .read(move |c| store::sessions::lookup(c, &h))
+        .await?
+    else {
         return Ok(None);
     };
     let now = common::time::now_ms();
     let st = &ctx.console;
-    if now - row.last_seen_ms > st.idle_timeout_ms || now - row.created_ms > st.absolute_timeout_ms {
+    if now - row.last_seen_ms > st.idle_timeout_ms || now - row.created_ms > st.absolute_timeout_ms
+    {
         let h = id_hash.clone();
-        ctx.store.write(move |tx| store::sessions::expire(tx, &h)).await?;
+        ctx.store
+            .write(move |tx| store::sessions::expire(tx, &h))
+            .await?;
         return Ok(None);
     }
     let mut cookie = None;
@@ -266,7 +282,9 @@ async fn load_session(
         }
     } else if !live && now - row.last_seen_ms > TOUCH_EVERY_MS {
         let h = id_hash.clone();
-        ctx.store.write(move |tx| store::sessions::touch(tx, &h, now)).await?;
+        ctx.store
+            .write(move |tx| store::sessions::touch(tx, &h, now))
+            .await?;
     }
     Ok(Some((
         Session {
@@ -292,9 +310,15 @@ async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response
     if post {
         // Fetch metadata: browsers say where a request comes from; anything
         // but the console's own origin (or a non-browser client) is refused.
-        let site = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let site = req
+            .headers()
+            .get("sec-fetch-site")
+            .and_then(|v| v.to_str().ok());
         if matches!(site, Some("cross-site") | Some("same-site")) {
-            return secure(forbidden_csrf("cross-site form submissions are refused"), None);
+            return secure(
+                forbidden_csrf("cross-site form submissions are refused"),
+                None,
+            );
         }
     }
 
@@ -313,9 +337,16 @@ async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response
             if live {
                 return secure(StatusCode::UNAUTHORIZED.into_response(), None);
             }
-            let next_path = if post { "/console/".to_string() } else { path.clone() };
+            let next_path = if post {
+                "/console/".to_string()
+            } else {
+                path.clone()
+            };
             let to = format!("/console/login?next={}", render::url_encode(&next_path));
-            return secure(Redirect::to(&to).into_response(), Some(clear_cookie(&ctx.console)));
+            return secure(
+                Redirect::to(&to).into_response(),
+                Some(clear_cookie(&ctx.console)),
+            );
         };
         set_cookie = renewed;
         if post {
@@ -329,13 +360,22 @@ async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response
                 Ok(b) => b,
                 Err(_) => {
                     return secure(
-                        PageError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("form larger than {limit} bytes")).into_response(),
+                        PageError::new(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!("form larger than {limit} bytes"),
+                        )
+                        .into_response(),
                         set_cookie,
                     )
                 }
             };
-            let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
-            let given = fields.iter().find(|(k, _)| k == "csrf").map(|(_, v)| v.as_str()).unwrap_or("");
+            let fields: Vec<(String, String)> =
+                serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
+            let given = fields
+                .iter()
+                .find(|(k, _)| k == "csrf")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("");
             if !constant_time_eq(given.as_bytes(), session.csrf.as_bytes()) {
                 tracing::warn!(user = %session.actor.name, path = %path, "console post without a valid csrf token refused");
                 return secure(forbidden_csrf("the form's security token is missing or wrong; reload the page and try again"), set_cookie);
@@ -355,11 +395,23 @@ fn forbidden_csrf(msg: &str) -> Response {
 /// Adds the console's security headers (and a renewed session cookie).
 fn secure(mut resp: Response, cookie: Option<String>) -> Response {
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
-    h.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
     if let Some(c) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
         h.append(header::SET_COOKIE, c);
     }
@@ -369,6 +421,11 @@ fn secure(mut resp: Response, cookie: Option<String>) -> Response {
 /// Deletes sessions past their idle or absolute timeout.
 pub async fn purge_sessions(ctx: &Ctx) -> store::Result<usize> {
     let now = common::time::now_ms();
-    let (idle, abs) = (now - ctx.console.idle_timeout_ms, now - ctx.console.absolute_timeout_ms);
-    ctx.store.write(move |tx| store::sessions::purge(tx, idle, abs)).await
+    let (idle, abs) = (
+        now - ctx.console.idle_timeout_ms,
+        now - ctx.console.absolute_timeout_ms,
+    );
+    ctx.store
+        .write(move |tx| store::sessions::purge(tx, idle, abs))
+        .await
 }

@@ -66,7 +66,9 @@ async fn page(ctx: &Ctx, s: &Session, active: &str, title: &str, body: Markup) -
 
 fn require_reason(reason: &str) -> Result<(), PageError> {
     if reason.trim().is_empty() {
-        return Err(PageError::bad_request("A reason is required: go back and say why."));
+        return Err(PageError::bad_request(
+            "A reason is required: go back and say why.",
+        ));
     }
     Ok(())
 }
@@ -80,7 +82,10 @@ fn enc(s: &str) -> String {
 }
 
 /// Which environment a page shows: the one asked for, else the first known.
-async fn pick_env(ctx: &Ctx, asked: Option<String>) -> Result<(Vec<String>, Option<String>), PageError> {
+async fn pick_env(
+    ctx: &Ctx,
+    asked: Option<String>,
+) -> Result<(Vec<String>, Option<String>), PageError> {
     let mut envs = ctx.store.read(store::agents::environments).await?;
     let env = match asked.filter(|e| !e.is_empty()) {
         Some(e) => {
@@ -117,7 +122,11 @@ struct EnvQ {
 }
 
 fn done_text(q: &EnvQ) -> Option<String> {
-    let name = q.name.clone().filter(|n| store::users::validate_name(n).is_ok()).unwrap_or_default();
+    let name = q
+        .name
+        .clone()
+        .filter(|n| store::users::validate_name(n).is_ok())
+        .unwrap_or_default();
     Some(match q.done.as_deref()? {
         "killed" => format!("{name} is now killed. Agents are applying it; watch the count below."),
         "revived" => format!("{name} is revived. Agents are applying it; watch the count below."),
@@ -143,7 +152,11 @@ struct Fleet {
     counts: [usize; 4],
 }
 
-async fn fleet(ctx: &Ctx, env: Option<String>, service: Option<String>) -> Result<Fleet, PageError> {
+async fn fleet(
+    ctx: &Ctx,
+    env: Option<String>,
+    service: Option<String>,
+) -> Result<Fleet, PageError> {
     let rows = ctx
         .store
         .read(move |c| store::agents::list(c, env.as_deref(), service.as_deref()))
@@ -231,7 +244,15 @@ async fn overview(State(ctx): State<Ctx>, Extension(s): S) -> PageResult {
     let block = overview_block(&ctx).await?;
     let recent = ctx
         .store
-        .read(|c| audit::list(c, &audit::Filter { limit: Some(10), ..Default::default() }))
+        .read(|c| {
+            audit::list(
+                c,
+                &audit::Filter {
+                    limit: Some(10),
+                    ..Default::default()
+                },
+            )
+        })
         .await?;
     let now = common::time::now_ms();
     let body = html! {
@@ -256,7 +277,10 @@ async fn agents(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<EnvQ>) 
     s.require(Role::Viewer)?;
     let env = q.env.clone().filter(|e| !e.is_empty());
     let service = q.service.clone().filter(|e| !e.is_empty());
-    let all = ctx.store.read(|c| store::agents::list(c, None, None)).await?;
+    let all = ctx
+        .store
+        .read(|c| store::agents::list(c, None, None))
+        .await?;
     let mut envs: Vec<&str> = all.iter().map(|a| a.environment.as_str()).collect();
     envs.sort();
     envs.dedup();
@@ -329,7 +353,12 @@ struct ReasonForm {
     reason: String,
 }
 
-async fn agent_revoke(State(ctx): State<Ctx>, Extension(s): S, Path(id): Path<String>, Form(f): Form<ReasonForm>) -> PageResult {
+async fn agent_revoke(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Path(id): Path<String>,
+    Form(f): Form<ReasonForm>,
+) -> PageResult {
     let actor = s.require(Role::Operator)?.clone();
     require_reason(&f.reason)?;
     let id2 = id.clone();
@@ -337,7 +366,10 @@ async fn agent_revoke(State(ctx): State<Ctx>, Extension(s): S, Path(id): Path<St
         .write(move |tx| store::agents::revoke(tx, &actor, &id2, &f.reason))
         .await?;
     ctx.hub.revoke(&id);
-    Ok(see_other(&format!("/console/agents?done=revoked&name={}", enc(&id))))
+    Ok(see_other(&format!(
+        "/console/agents?done=revoked&name={}",
+        enc(&id)
+    )))
 }
 
 // ---- flags ----
@@ -347,17 +379,36 @@ async fn flags(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<EnvQ>) -
     let (envs, env) = pick_env(&ctx, q.env.clone()).await?;
     let policy = approvals::policy(&ctx).await?;
     let Some(env) = env else {
-        return page(&ctx, &s, "flags", "Flags", html! { p.muted { "No environments yet." } }).await;
+        return page(
+            &ctx,
+            &s,
+            "flags",
+            "Flags",
+            html! { p.muted { "No environments yet." } },
+        )
+        .await;
     };
     let e2 = env.clone();
     let (latest, history) = ctx
         .store
-        .read(move |c| Ok((store::flags::latest(c, &e2)?, store::flags::history(c, &e2, 50)?)))
+        .read(move |c| {
+            Ok((
+                store::flags::latest(c, &e2)?,
+                store::flags::history(c, &e2, 50)?,
+            ))
+        })
         .await?;
     let protected = policy.protected_environments.contains(&env);
     let can_edit = s.can(Role::Operator);
-    let definition = latest.as_ref().map(|r| r.flags.clone()).unwrap_or_else(store::flags::empty_definition);
-    let flags = definition.get("flags").and_then(|f| f.as_object()).cloned().unwrap_or_default();
+    let definition = latest
+        .as_ref()
+        .map(|r| r.flags.clone())
+        .unwrap_or_else(store::flags::empty_definition);
+    let flags = definition
+        .get("flags")
+        .and_then(|f| f.as_object())
+        .cloned()
+        .unwrap_or_default();
     let body = html! {
         (render::notice(done_text(&q).as_deref()))
         (env_tabs("/console/flags", &envs, Some(&env), &policy.protected_environments))
@@ -466,7 +517,11 @@ struct FlagSetForm {
     reason: String,
 }
 
-async fn flag_set(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<FlagSetForm>) -> PageResult {
+async fn flag_set(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Form(f): Form<FlagSetForm>,
+) -> PageResult {
     let actor = s.require(Role::Operator)?.clone();
     require_reason(&f.reason)?;
     let op = Op::FlagSet {
@@ -475,7 +530,17 @@ async fn flag_set(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<FlagSet
         state: f.state.filter(|v| !v.is_empty()),
         default_variant: f.default_variant.filter(|v| !v.is_empty()),
     };
-    submitted(&ctx, &s, approvals::submit(&ctx, &actor, op, &f.reason).await?, &format!("/console/flags?env={}&done=flag&name={}", enc(&f.env), enc(&f.key))).await
+    submitted(
+        &ctx,
+        &s,
+        approvals::submit(&ctx, &actor, op, &f.reason).await?,
+        &format!(
+            "/console/flags?env={}&done=flag&name={}",
+            enc(&f.env),
+            enc(&f.key)
+        ),
+    )
+    .await
 }
 
 /// After a change that may need approval: back to the page, or the
@@ -529,7 +594,8 @@ async fn flags_diff(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<Dif
         return Err(PageError::new(StatusCode::NOT_FOUND, "No such revision."));
     };
     let doc = |r: &common::wire::Revision| json!({"flags": r.flags.get("flags").cloned().unwrap_or(json!({})), "killswitches": r.killswitches});
-    let diff = serde_json::to_value(common::diff::diff(&doc(&ra), &doc(&rb))).unwrap_or(Value::Null);
+    let diff =
+        serde_json::to_value(common::diff::diff(&doc(&ra), &doc(&rb))).unwrap_or(Value::Null);
     let env = q.env.unwrap_or(ra.environment.clone());
     let body = html! {
         p { "From revision " strong { (a) } " (" (ra.environment) ", " (common::time::rfc3339(ra.created_ms)) ") to revision "
@@ -551,13 +617,22 @@ struct DefinitionForm {
 
 fn parse_definition(text: &str) -> Result<Value, PageError> {
     let v: Value = serde_json::from_str(text).map_err(|e| {
-        PageError::bad_request(format!("The definition is not valid JSON (line {}, column {}): {e}", e.line(), e.column()))
+        PageError::bad_request(format!(
+            "The definition is not valid JSON (line {}, column {}): {e}",
+            e.line(),
+            e.column()
+        ))
     })?;
-    common::flags::FlagSet::from_value(&v).map_err(|e| PageError::bad_request(format!("The definition is invalid: {e}")))?;
+    common::flags::FlagSet::from_value(&v)
+        .map_err(|e| PageError::bad_request(format!("The definition is invalid: {e}")))?;
     Ok(v)
 }
 
-async fn flags_preview(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<DefinitionForm>) -> PageResult {
+async fn flags_preview(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Form(f): Form<DefinitionForm>,
+) -> PageResult {
     let actor = s.require(Role::Operator)?.clone();
     let def = parse_definition(&f.definition)?;
     let env = f.env.clone();
@@ -565,7 +640,10 @@ async fn flags_preview(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<De
         .store
         .write(move |tx| store::flags::apply(tx, &actor, &env, def, "", true))
         .await?;
-    let protected = approvals::policy(&ctx).await?.protected_environments.contains(&f.env);
+    let protected = approvals::policy(&ctx)
+        .await?
+        .protected_environments
+        .contains(&f.env);
     let diff = serde_json::to_value(&change.diff).unwrap_or(Value::Null);
     let body = html! {
         p { "Applying this file to " strong { (f.env) } " makes these changes:" }
@@ -586,7 +664,11 @@ async fn flags_preview(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<De
     page(&ctx, &s, "flags", "Preview", body).await
 }
 
-async fn flags_apply(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<DefinitionForm>) -> PageResult {
+async fn flags_apply(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Form(f): Form<DefinitionForm>,
+) -> PageResult {
     let actor = s.require(Role::Operator)?.clone();
     require_reason(&f.reason)?;
     let def = parse_definition(&f.definition)?;
@@ -594,7 +676,13 @@ async fn flags_apply(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<Defi
         environment: f.env.clone(),
         definition: def,
     };
-    submitted(&ctx, &s, approvals::submit(&ctx, &actor, op, &f.reason).await?, &format!("/console/flags?env={}&done=applied", enc(&f.env))).await
+    submitted(
+        &ctx,
+        &s,
+        approvals::submit(&ctx, &actor, op, &f.reason).await?,
+        &format!("/console/flags?env={}&done=applied", enc(&f.env)),
+    )
+    .await
 }
 
 // ---- kill switches ----
@@ -605,7 +693,11 @@ const MAX_LAGGARDS_SHOWN: usize = 12;
 fn switch_card(s: &Session, env: &str, k: &KillSwitchView) -> Markup {
     let scope = k.service.as_deref();
     let confirm = |action: &str| {
-        let mut u = format!("/console/killswitches/confirm?env={}&name={}&action={action}", enc(env), enc(&k.name));
+        let mut u = format!(
+            "/console/killswitches/confirm?env={}&name={}&action={action}",
+            enc(env),
+            enc(&k.name)
+        );
         if let Some(svc) = scope {
             u.push_str(&format!("&service={}", enc(svc)));
         }
@@ -666,11 +758,22 @@ async fn switches_block(ctx: &Ctx, s: &Session, env: &str) -> Result<Markup, Pag
     })
 }
 
-async fn killswitches(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<EnvQ>) -> PageResult {
+async fn killswitches(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Query(q): Query<EnvQ>,
+) -> PageResult {
     s.require(Role::Viewer)?;
     let (envs, env) = pick_env(&ctx, q.env.clone()).await?;
     let Some(env) = env else {
-        return page(&ctx, &s, "killswitches", "Kill switches", html! { p.muted { "No environments yet." } }).await;
+        return page(
+            &ctx,
+            &s,
+            "killswitches",
+            "Kill switches",
+            html! { p.muted { "No environments yet." } },
+        )
+        .await;
     };
     let block = switches_block(&ctx, &s, &env).await?;
     let body = html! {
@@ -681,7 +784,11 @@ async fn killswitches(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<E
     page(&ctx, &s, "killswitches", "Kill switches", body).await
 }
 
-async fn killswitches_live(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<EnvQ>) -> PageResult {
+async fn killswitches_live(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Query(q): Query<EnvQ>,
+) -> PageResult {
     s.require(Role::Viewer)?;
     let env = q.env.unwrap_or_default();
     store::users::validate_name(&env)?;
@@ -696,7 +803,11 @@ struct ConfirmQ {
     action: String,
 }
 
-async fn kill_confirm(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<ConfirmQ>) -> PageResult {
+async fn kill_confirm(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Query(q): Query<ConfirmQ>,
+) -> PageResult {
     s.require(Role::Responder)?;
     let killing = q.action == "kill";
     let verb = if killing { "Kill" } else { "Revive" };
@@ -721,7 +832,14 @@ async fn kill_confirm(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<C
             }
         }
     };
-    page(&ctx, &s, "killswitches", &format!("{verb} {} in {}?", q.name, q.env), body).await
+    page(
+        &ctx,
+        &s,
+        "killswitches",
+        &format!("{verb} {} in {}?", q.name, q.env),
+        body,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -742,20 +860,45 @@ async fn revive(state: State<Ctx>, s: S, f: Form<KillForm>) -> PageResult {
 }
 
 /// Emergency actions never wait for approval.
-async fn set_kill(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<KillForm>, killed: bool) -> PageResult {
+async fn set_kill(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Form(f): Form<KillForm>,
+    killed: bool,
+) -> PageResult {
     let actor = s.require(Role::Responder)?.clone();
     require_reason(&f.reason)?;
     let (env, name) = (f.env.clone(), f.name.clone());
     let service = f.service.filter(|x| !x.is_empty());
     let (outcome, rev) = ctx
         .store
-        .write(move |tx| store::killswitches::set_state(tx, &actor, &f.env, service.as_deref(), &f.name, killed, &f.reason))
+        .write(move |tx| {
+            store::killswitches::set_state(
+                tx,
+                &actor,
+                &f.env,
+                service.as_deref(),
+                &f.name,
+                killed,
+                &f.reason,
+            )
+        })
         .await?;
     if let Some(rev) = rev {
         ctx.hub.publish(&rev);
     }
-    let done = if !outcome.changed { "unchanged" } else if killed { "killed" } else { "revived" };
-    Ok(see_other(&format!("/console/killswitches?env={}&done={done}&name={}", enc(&env), enc(&name))))
+    let done = if !outcome.changed {
+        "unchanged"
+    } else if killed {
+        "killed"
+    } else {
+        "revived"
+    };
+    Ok(see_other(&format!(
+        "/console/killswitches?env={}&done={done}&name={}",
+        enc(&env),
+        enc(&name)
+    )))
 }
 
 // ---- audit ----
@@ -775,10 +918,14 @@ fn parse_when(s: &Option<String>) -> Result<Option<i64>, PageError> {
     let Some(s) = s.as_deref().map(str::trim).filter(|s| !s.is_empty()) else {
         return Ok(None);
     };
-    let full = if s.len() == 16 { format!("{s}:00Z") } else { s.to_string() };
-    common::time::parse_rfc3339(&full)
-        .map(Some)
-        .ok_or_else(|| PageError::bad_request(format!("cannot read the time {s:?}; use 2026-11-23T14:00")))
+    let full = if s.len() == 16 {
+        format!("{s}:00Z")
+    } else {
+        s.to_string()
+    };
+    common::time::parse_rfc3339(&full).map(Some).ok_or_else(|| {
+        PageError::bad_request(format!("cannot read the time {s:?}; use 2026-11-23T14:00"))
+    })
 }
 
 fn audit_table(entries: &[audit::AuditEntry], now: i64, with_diff: bool) -> Markup {
@@ -819,9 +966,18 @@ fn requested_changes(e: &audit::AuditEntry) -> Option<&Value> {
     e.diff.get(0)?.get("after")?.get("changes")
 }
 
-async fn audit_page(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<AuditQ>) -> PageResult {
+async fn audit_page(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Query(q): Query<AuditQ>,
+) -> PageResult {
     s.require(Role::Viewer)?;
-    let limit = q.limit.as_deref().and_then(|l| l.parse::<usize>().ok()).unwrap_or(100).clamp(1, 1000);
+    let limit = q
+        .limit
+        .as_deref()
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(100)
+        .clamp(1, 1000);
     let f = audit::Filter {
         since_ms: parse_when(&q.since)?,
         until_ms: parse_when(&q.until)?,
@@ -887,12 +1043,20 @@ struct ExportQ {
     format: Option<String>,
 }
 
-async fn audit_export(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<ExportQ>) -> PageResult {
+async fn audit_export(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Query(q): Query<ExportQ>,
+) -> PageResult {
     s.require(Role::Admin)?;
     let csv = match q.format.as_deref().unwrap_or("jsonl") {
         "jsonl" => false,
         "csv" => true,
-        other => return Err(PageError::bad_request(format!("unknown format {other:?} (jsonl or csv)"))),
+        other => {
+            return Err(PageError::bad_request(format!(
+                "unknown format {other:?} (jsonl or csv)"
+            )))
+        }
     };
     let body = ctx
         .store
@@ -914,11 +1078,18 @@ async fn audit_export(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<E
             Ok(out)
         })
         .await?;
-    let (ctype, file) = if csv { ("text/csv; charset=utf-8", "audit.csv") } else { ("application/x-ndjson", "audit.jsonl") };
+    let (ctype, file) = if csv {
+        ("text/csv; charset=utf-8", "audit.csv")
+    } else {
+        ("application/x-ndjson", "audit.jsonl")
+    };
     Ok((
         [
             (header::CONTENT_TYPE, ctype.to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{file}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
         ],
         body,
     )
@@ -927,11 +1098,20 @@ async fn audit_export(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<E
 
 // ---- approvals ----
 
-async fn approvals_page(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<EnvQ>) -> PageResult {
+async fn approvals_page(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Query(q): Query<EnvQ>,
+) -> PageResult {
     s.require(Role::Viewer)?;
     let (pending, recent) = ctx
         .store
-        .read(|c| Ok((store::approvals::list(c, Some("pending"), 200)?, store::approvals::list(c, None, 50)?)))
+        .read(|c| {
+            Ok((
+                store::approvals::list(c, Some("pending"), 200)?,
+                store::approvals::list(c, None, 50)?,
+            ))
+        })
         .await?;
     let now = common::time::now_ms();
     let body = html! {
@@ -994,13 +1174,23 @@ async fn approvals_page(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query
     page(&ctx, &s, "approvals", "Approvals", body).await
 }
 
-async fn approval_approve(State(ctx): State<Ctx>, Extension(s): S, Path(id): Path<String>, Form(f): Form<ReasonForm>) -> PageResult {
+async fn approval_approve(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Path(id): Path<String>,
+    Form(f): Form<ReasonForm>,
+) -> PageResult {
     let actor = s.require(Role::Operator)?.clone();
     let d = approvals::approve(&ctx, &actor, None, &id, &f.reason).await?;
     Ok(decided(&id, d))
 }
 
-async fn approval_reject(State(ctx): State<Ctx>, Extension(s): S, Path(id): Path<String>, Form(f): Form<ReasonForm>) -> PageResult {
+async fn approval_reject(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Path(id): Path<String>,
+    Form(f): Form<ReasonForm>,
+) -> PageResult {
     let actor = s.require(Role::Viewer)?.clone();
     require_reason(&f.reason)?;
     let d = approvals::reject(&ctx, &actor, &id, &f.reason).await?;
@@ -1023,7 +1213,16 @@ async fn users_page(State(ctx): State<Ctx>, Extension(s): S, Query(q): Query<Env
     let admin = s.can(Role::Admin);
     let (users, tokens) = ctx
         .store
-        .read(move |c| Ok((store::users::list(c)?, if admin { store::tokens::list_api_tokens(c)? } else { Vec::new() })))
+        .read(move |c| {
+            Ok((
+                store::users::list(c)?,
+                if admin {
+                    store::tokens::list_api_tokens(c)?
+                } else {
+                    Vec::new()
+                },
+            ))
+        })
         .await?;
     let policy = approvals::policy(&ctx).await?;
     let body = html! {
@@ -1147,13 +1346,22 @@ async fn user_add(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<UserFor
     let actor = s.require(Role::Admin)?.clone();
     let (password, generated) = match f.password.filter(|p| !p.is_empty()) {
         Some(p) if p.len() >= 12 => (p, false),
-        Some(_) => return Err(PageError::bad_request("The password must be at least 12 characters.")),
+        Some(_) => {
+            return Err(PageError::bad_request(
+                "The password must be at least 12 characters.",
+            ))
+        }
         None => (crate::auth::new_password(), true),
     };
     let p2 = password.clone();
     let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&p2))
         .await
-        .map_err(|_| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot hash the password"))?
+        .map_err(|_| {
+            PageError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot hash the password",
+            )
+        })?
         .map_err(|e| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     let op = Op::UserAdd {
         name: f.name.clone(),
@@ -1190,7 +1398,12 @@ struct RoleForm {
     reason: String,
 }
 
-async fn user_role(State(ctx): State<Ctx>, Extension(s): S, Path(name): Path<String>, Form(f): Form<RoleForm>) -> PageResult {
+async fn user_role(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Path(name): Path<String>,
+    Form(f): Form<RoleForm>,
+) -> PageResult {
     let actor = s.require(Role::Admin)?.clone();
     require_reason(&f.reason)?;
     let op = Op::UserSetRole {
@@ -1198,7 +1411,13 @@ async fn user_role(State(ctx): State<Ctx>, Extension(s): S, Path(name): Path<Str
         role: f.role,
     };
     let out = approvals::submit(&ctx, &actor, op, &f.reason).await?;
-    submitted(&ctx, &s, out, &format!("/console/users?done=role&name={}", enc(&name))).await
+    submitted(
+        &ctx,
+        &s,
+        out,
+        &format!("/console/users?done=role&name={}", enc(&name)),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -1210,9 +1429,17 @@ struct TokenForm {
     reason: String,
 }
 
-async fn token_create(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<TokenForm>) -> PageResult {
+async fn token_create(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Form(f): Form<TokenForm>,
+) -> PageResult {
     let actor = s.require(Role::Admin)?.clone();
-    let expires = f.expires.as_deref().map(str::trim).filter(|e| !e.is_empty());
+    let expires = f
+        .expires
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
     let expires_ms = crate::auth::expiry_ms(expires).map_err(PageError::bad_request)?;
     let (id, secret) = crate::auth::new_secret(crate::auth::SecretKind::ApiToken);
     let op = Op::TokenCreate {
@@ -1243,14 +1470,22 @@ async fn token_create(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<Tok
     }
 }
 
-async fn token_revoke(State(ctx): State<Ctx>, Extension(s): S, Path(id): Path<String>, Form(f): Form<ReasonForm>) -> PageResult {
+async fn token_revoke(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Path(id): Path<String>,
+    Form(f): Form<ReasonForm>,
+) -> PageResult {
     let actor = s.require(Role::Admin)?.clone();
     require_reason(&f.reason)?;
     let id2 = id.clone();
     ctx.store
         .write(move |tx| store::tokens::revoke_api_token(tx, &actor, &id2, &f.reason))
         .await?;
-    Ok(see_other(&format!("/console/users?done=token_revoked&name={}", enc(&id))))
+    Ok(see_other(&format!(
+        "/console/users?done=token_revoked&name={}",
+        enc(&id)
+    )))
 }
 
 #[derive(Deserialize)]
@@ -1264,10 +1499,15 @@ struct PolicyForm {
     reason: String,
 }
 
-async fn policy_set(State(ctx): State<Ctx>, Extension(s): S, Form(f): Form<PolicyForm>) -> PageResult {
+async fn policy_set(
+    State(ctx): State<Ctx>,
+    Extension(s): S,
+    Form(f): Form<PolicyForm>,
+) -> PageResult {
     let actor = s.require(Role::Admin)?.clone();
     require_reason(&f.reason)?;
-    let expire = common::config::parse_duration(f.expire_after.trim()).map_err(PageError::bad_request)?;
+    let expire =
+        common::config::parse_duration(f.expire_after.trim()).map_err(PageError::bad_request)?;
     let mut envs: Vec<String> = f
         .protected_environments
         .split(',')

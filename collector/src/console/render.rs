@@ -116,14 +116,22 @@ pub fn notice(text: Option<&str>) -> Markup {
 pub fn diff_table(diff: &Value) -> Markup {
     let mut rows: Vec<(String, Option<Value>, Option<Value>)> = Vec::new();
     for c in diff.as_array().into_iter().flatten() {
-        let path = c.get("path").and_then(|p| p.as_str()).unwrap_or("/").to_string();
+        let path = c
+            .get("path")
+            .and_then(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
         let before = c.get("before").filter(|v| !v.is_null()).cloned();
         let after = c.get("after").filter(|v| !v.is_null()).cloned();
         match (&before, &after) {
             (None, Some(Value::Object(o))) | (Some(Value::Object(o)), None) if !o.is_empty() => {
                 let added = after.is_some();
                 for (k, v) in o {
-                    let p = format!("{}/{}", path.trim_end_matches('/'), k.replace('~', "~0").replace('/', "~1"));
+                    let p = format!(
+                        "{}/{}",
+                        path.trim_end_matches('/'),
+                        k.replace('~', "~0").replace('/', "~1")
+                    );
                     if added {
                         rows.push((p, None, Some(v.clone())));
                     } else {
@@ -183,7 +191,11 @@ pub fn value_block(v: &Value) -> Markup {
         Value::Object(_) | Value::Array(_) => serde_json::to_string_pretty(v).unwrap_or_default(),
         other => other.to_string(),
     };
-    let text = if text.len() > 2000 { format!("{}…", &text[..text.floor_char_boundary(2000)]) } else { text };
+    let text = if text.len() > 2000 {
+        format!("{}…", &text[..text.floor_char_boundary(2000)])
+    } else {
+        text
+    };
     html! { pre.value { (text) } }
 }
 
@@ -202,7 +214,11 @@ pub fn targeting(v: &Value) -> String {
         let Some(o) = v.as_object().filter(|o| o.len() == 1) else {
             return val(v);
         };
-        let (op, args) = o.iter().next().map(|(k, a)| (k.as_str(), a)).unwrap_or(("", &Value::Null));
+        let (op, args) = o
+            .iter()
+            .next()
+            .map(|(k, a)| (k.as_str(), a))
+            .unwrap_or(("", &Value::Null));
         let list: Vec<Value> = match args {
             Value::Array(a) => a.clone(),
             other => vec![other.clone()],
@@ -211,11 +227,18 @@ pub fn targeting(v: &Value) -> String {
             if list.len() == 2 {
                 format!("{} {word} {}", val(&list[0]), val(&list[1]))
             } else {
-                format!("{op}({})", list.iter().map(val).collect::<Vec<_>>().join(", "))
+                format!(
+                    "{op}({})",
+                    list.iter().map(val).collect::<Vec<_>>().join(", ")
+                )
             }
         };
         match op {
-            "var" => list.first().and_then(|x| x.as_str()).unwrap_or("?").to_string(),
+            "var" => list
+                .first()
+                .and_then(|x| x.as_str())
+                .unwrap_or("?")
+                .to_string(),
             "$ref" => format!("rule {}", val(&list[0])),
             "if" | "?:" => {
                 let mut s = String::new();
@@ -234,7 +257,10 @@ pub fn targeting(v: &Value) -> String {
             }
             "and" | "or" => format!(
                 "({})",
-                list.iter().map(expr).collect::<Vec<_>>().join(if op == "and" { " and " } else { " or " })
+                list.iter()
+                    .map(expr)
+                    .collect::<Vec<_>>()
+                    .join(if op == "and" { " and " } else { " or " })
             ),
             "!" => format!("not {}", expr(list.first().unwrap_or(&Value::Null))),
             "==" | "===" => bin("is"),
@@ -243,7 +269,12 @@ pub fn targeting(v: &Value) -> String {
             "in" => bin("in"),
             "starts_with" => bin("starts with"),
             "ends_with" => bin("ends with"),
-            "sem_ver" if list.len() == 3 => format!("{} {} {} (semver)", val(&list[0]), list[1].as_str().unwrap_or("?"), val(&list[2])),
+            "sem_ver" if list.len() == 3 => format!(
+                "{} {} {} (semver)",
+                val(&list[0]),
+                list[1].as_str().unwrap_or("?"),
+                val(&list[2])
+            ),
             "fractional" => {
                 let (by, buckets) = match list.first() {
                     Some(Value::Array(_)) | None => ("targetingKey".to_string(), &list[..]),
@@ -252,11 +283,20 @@ pub fn targeting(v: &Value) -> String {
                 let parts: Vec<String> = buckets
                     .iter()
                     .filter_map(|b| b.as_array())
-                    .map(|b| format!("{} {}%", val(b.first().unwrap_or(&Value::Null)), b.get(1).map(|w| w.to_string()).unwrap_or_default()))
+                    .map(|b| {
+                        format!(
+                            "{} {}%",
+                            val(b.first().unwrap_or(&Value::Null)),
+                            b.get(1).map(|w| w.to_string()).unwrap_or_default()
+                        )
+                    })
                     .collect();
                 format!("split by {by}: {}", parts.join(", "))
             }
-            _ => format!("{op}({})", list.iter().map(val).collect::<Vec<_>>().join(", ")),
+            _ => format!(
+                "{op}({})",
+                list.iter().map(val).collect::<Vec<_>>().join(", ")
+            ),
         }
     }
     if v.as_object().is_some_and(|o| o.is_empty()) || v.is_null() {
@@ -317,11 +357,20 @@ mod tests {
     #[test]
     fn targeting_reads_like_a_rule() {
         let t = json!({"if": [{"starts_with": [{"var": "targetingKey"}, "beta-"]}, "on", "off"]});
-        assert_eq!(targeting(&t), r#"if targetingKey starts with "beta-" then "on" else "off""#);
+        assert_eq!(
+            targeting(&t),
+            r#"if targetingKey starts with "beta-" then "on" else "off""#
+        );
         let t = json!({"fractional": [["red", 50], ["blue", 50]]});
-        assert_eq!(targeting(&t), r#"split by targetingKey: "red" 50%, "blue" 50%"#);
+        assert_eq!(
+            targeting(&t),
+            r#"split by targetingKey: "red" 50%, "blue" 50%"#
+        );
         let t = json!({"if": [{"and": [{"==": [{"var": "region"}, "eu"]}, {"sem_ver": [{"var": "version"}, ">=", "1.2.0"]}]}, "on", "off"]});
-        assert_eq!(targeting(&t), r#"if (region is "eu" and version >= "1.2.0" (semver)) then "on" else "off""#);
+        assert_eq!(
+            targeting(&t),
+            r#"if (region is "eu" and version >= "1.2.0" (semver)) then "on" else "off""#
+        );
         assert_eq!(targeting(&json!({})), "");
     }
 

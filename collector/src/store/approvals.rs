@@ -41,7 +41,10 @@ impl Approval {
     pub fn requester(&self) -> Actor {
         Actor {
             name: self.requested_by.clone(),
-            role: self.requested_role.parse().unwrap_or(crate::auth::Role::Viewer),
+            role: self
+                .requested_role
+                .parse()
+                .unwrap_or(crate::auth::Role::Viewer),
             source: self.requested_source.clone(),
             user_agent: self.requested_user_agent.clone(),
         }
@@ -129,7 +132,11 @@ pub fn create(
 
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Approval>> {
     Ok(conn
-        .query_row(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"), [id], row)
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"),
+            [id],
+            row,
+        )
         .optional()?)
 }
 
@@ -143,11 +150,21 @@ pub fn list(conn: &Connection, state: Option<&str>, limit: usize) -> Result<Vec<
 }
 
 pub fn pending_count(conn: &Connection) -> Result<i64> {
-    Ok(conn.query_row("SELECT COUNT(*) FROM approvals WHERE state = 'pending'", [], |r| r.get(0))?)
+    Ok(conn.query_row(
+        "SELECT COUNT(*) FROM approvals WHERE state = 'pending'",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// Marks a pending request approved or rejected and audits the decision.
-pub fn decide(tx: &Transaction<'_>, actor: &Actor, a: &Approval, approved: bool, reason: &str) -> Result<()> {
+pub fn decide(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    a: &Approval,
+    approved: bool,
+    reason: &str,
+) -> Result<()> {
     let state = if approved { "approved" } else { "rejected" };
     let n = tx.execute(
         "UPDATE approvals SET state = ?2, decided_by = ?3, decided_ms = ?4, decision_reason = ?5
@@ -155,13 +172,20 @@ pub fn decide(tx: &Transaction<'_>, actor: &Actor, a: &Approval, approved: bool,
         params![a.id, state, actor.name, common::time::now_ms(), reason],
     )?;
     if n == 0 {
-        return Err(StoreError::Conflict(format!("request {} is no longer pending", a.id)));
+        return Err(StoreError::Conflict(format!(
+            "request {} is no longer pending",
+            a.id
+        )));
     }
     audit::append(
         tx,
         NewEntry {
             actor,
-            action: if approved { "approval.approve" } else { "approval.reject" },
+            action: if approved {
+                "approval.approve"
+            } else {
+                "approval.reject"
+            },
             target: format!("approval:{}", a.id),
             reason,
             before: json!({"state": "pending", "action": a.action, "target": a.target, "requested_by": a.requested_by}),
@@ -207,7 +231,13 @@ pub fn policy(conn: &Connection) -> Result<Option<Value>> {
     Ok(schema::meta_get(conn, POLICY_KEY)?.and_then(|s| serde_json::from_str(&s).ok()))
 }
 
-pub fn set_policy(tx: &Transaction<'_>, actor: &Actor, before: &Value, after: &Value, reason: &str) -> Result<()> {
+pub fn set_policy(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    before: &Value,
+    after: &Value,
+    reason: &str,
+) -> Result<()> {
     schema::meta_set(tx, POLICY_KEY, &after.to_string())?;
     audit::append(
         tx,

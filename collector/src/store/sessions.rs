@@ -106,14 +106,16 @@ pub fn lookup(conn: &Connection, id_hash: &str) -> Result<Option<SessionRow>> {
             },
         )
         .optional()?
-        .map(|(user, role, issued, csrf, created_ms, last_seen_ms)| SessionRow {
-            user,
-            role: role.parse().unwrap_or(Role::Viewer),
-            issued_role: issued.parse().unwrap_or(Role::Viewer),
-            csrf,
-            created_ms,
-            last_seen_ms,
-        }))
+        .map(
+            |(user, role, issued, csrf, created_ms, last_seen_ms)| SessionRow {
+                user,
+                role: role.parse().unwrap_or(Role::Viewer),
+                issued_role: issued.parse().unwrap_or(Role::Viewer),
+                csrf,
+                created_ms,
+                last_seen_ms,
+            },
+        ))
 }
 
 pub fn touch(tx: &Transaction<'_>, id_hash: &str, now_ms: i64) -> Result<()> {
@@ -126,7 +128,13 @@ pub fn touch(tx: &Transaction<'_>, id_hash: &str, now_ms: i64) -> Result<()> {
 
 /// Replaces the session id (after a role change), keeping the session's
 /// start time so the absolute timeout still counts from the login.
-pub fn rotate(tx: &Transaction<'_>, old_hash: &str, new_hash: &str, role: Role, now_ms: i64) -> Result<bool> {
+pub fn rotate(
+    tx: &Transaction<'_>,
+    old_hash: &str,
+    new_hash: &str,
+    role: Role,
+    now_ms: i64,
+) -> Result<bool> {
     let n = tx.execute(
         "UPDATE sessions SET id_hash = ?2, role = ?3, last_seen_ms = ?4 WHERE id_hash = ?1",
         params![old_hash, new_hash, role.as_str(), now_ms],
