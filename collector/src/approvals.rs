@@ -426,6 +426,19 @@ async fn decide(
                     approver.role.as_str()
                 )));
             }
+            // (every refusal comes before anything is written: an `Ok(Err)`
+            // commits the transaction)
+            // a requester who lost the role since asking cannot get the
+            // change through someone else
+            if let Some((role, _)) = store::users::credentials(tx, &a.requested_by)? {
+                if approved && !role.allows(needed) {
+                    return Ok(Err(format!(
+                        "{} no longer has the {} role this change needs; reject the request",
+                        a.requested_by,
+                        needed.as_str()
+                    )));
+                }
+            }
             store::approvals::decide(tx, &approver, &a, approved, &reason)?;
             if !approved {
                 let a = store::approvals::get(tx, &id)?.unwrap_or(a);

@@ -726,6 +726,127 @@ async fn four_eyes() {
         .await;
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     assert_eq!(state(&h).await, "DISABLED");
+    // many approvers at once: the change applies exactly once
+    let id3 = h.pending_flag_request().await;
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        for r in [Role::Operator, Role::Admin] {
+            let (http, base, tok, id3) = (
+                h.http.clone(),
+                h.base.clone(),
+                h.tokens[&r].clone(),
+                id3.clone(),
+            );
+            calls.push(tokio::spawn(async move {
+                http.post(format!("{base}/api/v1/approvals/{id3}/approve"))
+                    .bearer_auth(tok)
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }));
+        }
+    }
+    let mut oks = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            StatusCode::OK => oks += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(oks, 1, "exactly one approval applies the change");
+    assert_eq!(state(&h).await, "ENABLED");
+    let entries = h
+        .ctx()
+        .store
+        .read(|c| store::audit::list(c, &store::audit::Filter::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.action == "approval.approve" && e.target == format!("approval:{id3}"))
+            .count(),
+        1
+    );
+
+    // a requester demoted since asking cannot get the change through
+    let sess = h.sessions[&Role::Operator].clone();
+    let r = h
+        .console_post(
+            &sess,
+            "/console/flags/set",
+            &[
+                ("env", "prod"),
+                ("key", "f1"),
+                ("state", "DISABLED"),
+                ("default_variant", "on"),
+                ("reason", "t"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let demoted = h
+        .ctx()
+        .store
+        .read(|c| store::approvals::list(c, Some("pending"), 10))
+        .await
+        .unwrap();
+    let demoted = demoted
+        .iter()
+        .find(|a| a.requested_by == "u-operator")
+        .unwrap()
+        .id
+        .clone();
+    h.ctx()
+        .store
+        .write(|tx| {
+            store::users::set_role(
+                tx,
+                &Actor::system("system:test"),
+                "u-operator",
+                Role::Viewer,
+                "t",
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Admin],
+            &format!("/approvals/{demoted}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(state(&h).await, "ENABLED");
+    h.ctx()
+        .store
+        .write(|tx| {
+            store::users::set_role(
+                tx,
+                &Actor::system("system:test"),
+                "u-operator",
+                Role::Operator,
+                "t",
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let r = h
+        .api_post(
+            &h.admin_token,
+            &format!("/approvals/{demoted}/reject"),
+            json!({"reason": "stale"}),
+        )
+        .await;
+    let status = r.status();
+    assert_eq!(status, StatusCode::OK, "{}", r.text().await.unwrap());
+
     // approving twice does nothing more
     let r = h
         .api_post(
@@ -763,7 +884,7 @@ async fn four_eyes() {
                 &[
                     ("env", "prod"),
                     ("key", "f1"),
-                    ("state", "ENABLED"),
+                    ("state", "DISABLED"),
                     ("default_variant", "on"),
                     ("reason", "t"),
                 ],

@@ -223,7 +223,11 @@ await step("apply a definition file with a preview first", async () => {
   const text = await admin.locator("#definition").inputValue();
   const def = JSON.parse(text);
   def.flags["browser-added"] = { state: "ENABLED", variants: { on: true, off: false }, defaultVariant: "off" };
-  await admin.locator("#definition").fill(JSON.stringify(def, null, 2));
+  // load it as a file, as a person would (the embedded script fills the textarea)
+  await admin.locator("input[type=file][data-load-into=definition]").setInputFiles({
+    name: "flags.json", mimeType: "application/json", buffer: Buffer.from(JSON.stringify(def, null, 2)),
+  });
+  await admin.waitForFunction(() => document.getElementById("definition").value.includes("browser-added"));
   await admin.locator("form[action='/console/flags/preview'] input[name=reason]").fill("browser test: add a flag");
   await admin.getByRole("button", { name: "Preview changes" }).click();
   await admin.getByRole("heading", { name: "Preview" }).waitFor();

@@ -123,6 +123,8 @@ fn dummy_hash() -> &'static str {
 async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
     let source = source_of(&req);
     let user_agent = user_agent_of(req.headers());
+    // a session already held by this browser ends at the next sign-in
+    let previous = super::cookie_value(req.headers(), super::COOKIE).map(|c| hash_secret(&c));
     let bytes = axum::body::to_bytes(req.into_body(), super::MAX_FORM_BYTES)
         .await
         .map_err(|_| PageError::new(StatusCode::PAYLOAD_TOO_LARGE, "form too large"))?;
@@ -198,7 +200,12 @@ async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
     };
     let h = hash_secret(&sid);
     ctx.store
-        .write(move |tx| store::sessions::login(tx, &actor, &h, &csrf))
+        .write(move |tx| {
+            if let Some(old) = previous {
+                store::sessions::expire(tx, &old)?;
+            }
+            store::sessions::login(tx, &actor, &h, &csrf)
+        })
         .await?;
     tracing::info!(user = %username, role = role.as_str(), "console sign-in");
     let mut resp = Redirect::to(&next).into_response();
