@@ -158,6 +158,7 @@ async fn run() {
         status_listen: "127.0.0.1:0".parse().unwrap(),
         admin: AdminSettings {
             allow_insecure_remote: false,
+            secure_cookie: false,
             session_idle_timeout_ms: 3_600_000,
             session_absolute_timeout_ms: 8 * 3_600_000,
         },

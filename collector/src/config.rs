@@ -41,6 +41,10 @@ pub struct AdminListener {
     /// in front).
     #[serde(default)]
     pub allow_insecure_remote: bool,
+    /// Mark the session cookie `Secure`. Set it when a TLS proxy serves
+    /// the console over HTTPS (the listener itself has no TLS yet).
+    #[serde(default)]
+    pub secure_cookie: bool,
     /// Console sessions end after this long without a request (default 15m).
     pub session_idle_timeout: Option<String>,
     /// ... and this long after login whatever happens (default 8h).
@@ -83,6 +87,7 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
     pub allow_insecure_remote: bool,
+    pub secure_cookie: bool,
     pub session_idle_timeout_ms: i64,
     pub session_absolute_timeout_ms: i64,
 }
@@ -178,6 +183,7 @@ fn resolve(src: &ConfigSource, cfg: Config) -> Result<Settings, ConfigErrors> {
     };
     let admin = AdminSettings {
         allow_insecure_remote: cfg.admin.allow_insecure_remote,
+        secure_cookie: cfg.admin.secure_cookie,
         session_idle_timeout_ms: duration_ms("admin.session_idle_timeout", &cfg.admin.session_idle_timeout, DEFAULT_SESSION_IDLE),
         session_absolute_timeout_ms: duration_ms(
             "admin.session_absolute_timeout",

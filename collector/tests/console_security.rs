@@ -38,6 +38,7 @@ fn settings(dir: &std::path::Path, idle_ms: i64) -> Settings {
         status_listen: "127.0.0.1:0".parse().unwrap(),
         admin: AdminSettings {
             allow_insecure_remote: false,
+            secure_cookie: false,
             session_idle_timeout_ms: idle_ms,
             session_absolute_timeout_ms: 8 * 3600 * 1000,
         },
@@ -1018,6 +1019,42 @@ fn admin_listener_refuses_non_loopback_without_the_explicit_key() {
     )
     .unwrap();
     assert!(Settings::load(&f).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_cookie_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    collector::init::init(dir.path()).unwrap();
+    let mut s = settings(dir.path(), 60_000);
+    s.admin.secure_cookie = true;
+    let running = collector::start(s).await.unwrap();
+    let hash = collector::auth::hash_password(PASSWORD).unwrap();
+    running
+        .ctx
+        .store
+        .write(move |tx| {
+            store::users::add(tx, &Actor::system("t"), "alice", Role::Viewer, &hash, "").map(|_| ())
+        })
+        .await
+        .unwrap();
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("http://{}/console/login", running.admin_addr))
+        .form(&[("username", "alice"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("; Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    running.shutdown.cancel();
+    running.wait().await.unwrap();
 }
 
 /// The role matrix above must name every POST route the routers declare, so

@@ -44,8 +44,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 pub struct ConsoleState {
     pub idle_timeout_ms: i64,
     pub absolute_timeout_ms: i64,
-    /// Set `Secure` on the cookie (only when served over TLS; the admin
-    /// listener has no TLS yet, so this stays false).
+    /// Set `Secure` on the cookie: `[admin] secure_cookie`, for a console
+    /// served over HTTPS by a TLS proxy (the listener has no TLS yet).
     pub secure_cookie: bool,
     pub limiter: Limiter,
 }
@@ -55,7 +55,7 @@ impl ConsoleState {
         ConsoleState {
             idle_timeout_ms: s.session_idle_timeout_ms,
             absolute_timeout_ms: s.session_absolute_timeout_ms,
-            secure_cookie: false,
+            secure_cookie: s.secure_cookie,
             limiter: Limiter::default(),
         }
     }
