@@ -647,13 +647,13 @@ async fn flags_preview(
     let diff = serde_json::to_value(&change.diff).unwrap_or(Value::Null);
     let body = html! {
         p { "Applying this file to " strong { (f.env) } " makes these changes:" }
-        (diff_table(&diff))
+        div.card { (diff_table(&diff)) }
         @if change.changed {
-            form method="post" action="/console/flags/apply" {
+            form.change method="post" action="/console/flags/apply" {
                 (render::csrf(&s))
                 input type="hidden" name="env" value=(f.env);
                 input type="hidden" name="definition" value=(f.definition);
-                label { "Reason " input name="reason" required value=(f.reason); }
+                label.grow { "Reason " input name="reason" required value=(f.reason); }
                 button.primary type="submit" { @if protected { "Request approval for these changes" } @else { "Apply these changes" } }
                 " " a href={ "/console/flags?env=" (enc(&f.env)) } { "Cancel" }
             }
