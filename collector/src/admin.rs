@@ -4,6 +4,7 @@
 //! transaction, and newly committed revisions are pushed to agents.
 
 use crate::api::{healthz, not_found, ApiError, ApiResult, BodyLimit, Json};
+use crate::approvals;
 use crate::auth::{Actor, Role};
 use crate::store::{self, agents::AgentRow, audit, flags::FlagChange};
 use crate::Ctx;
@@ -49,11 +50,18 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/tokens", get(tokens_list).post(token_create))
         .route("/tokens/{id}/revoke", post(token_revoke))
         .route("/users", get(users_list).post(user_add))
+        .route("/users/{name}/role", post(user_set_role))
+        .route("/approvals", get(approvals_list))
+        .route("/approvals/{id}", get(approval_get))
+        .route("/approvals/{id}/approve", post(approval_approve))
+        .route("/approvals/{id}/reject", post(approval_reject))
+        .route("/approval-policy", get(policy_get).post(policy_set))
         .fallback(not_found);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
+        .merge(crate::console::router(ctx.clone()))
         .fallback(not_found)
         .layer(middleware::from_fn(no_store))
         .with_state(ctx)
@@ -326,21 +334,40 @@ async fn flags_apply(
     }
     FlagSet::from_value(&r.definition)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_DEFINITION", e.to_string()))?;
-    let (change, rev) = ctx
-        .store
-        .write(move |tx| {
-            store::flags::apply(
-                tx,
-                &actor,
-                &r.environment,
-                r.definition,
-                &r.reason,
-                r.dry_run,
-            )
-        })
-        .await?;
-    publish(&ctx, rev);
-    Ok(ok(&change_view(change)))
+    if r.dry_run {
+        let (change, _) = ctx
+            .store
+            .write(move |tx| {
+                store::flags::apply(tx, &actor, &r.environment, r.definition, &r.reason, true)
+            })
+            .await?;
+        return Ok(ok(&change_view(change)));
+    }
+    let op = approvals::Op::FlagApply {
+        environment: r.environment,
+        definition: r.definition,
+    };
+    submitted(
+        approvals::submit(&ctx, &actor, op, &r.reason).await?,
+        Value::Null,
+    )
+}
+
+/// 200 with the result, or 202 with the pending request when the change
+/// waits for a second person's approval. `extra` members (a secret shown
+/// once) are added to either answer.
+fn submitted(out: approvals::Submitted, extra: Value) -> ApiResult<Response> {
+    let (status, mut v) = match out {
+        approvals::Submitted::Applied(e) => (StatusCode::OK, e.output),
+        approvals::Submitted::Pending(a) => (
+            StatusCode::ACCEPTED,
+            json!({"pending": true, "approval": a, "message": format!("waiting for approval by another person: request {}", a.id)}),
+        ),
+    };
+    if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    Ok(crate::api::json_response(status, &v))
 }
 
 fn change_view(c: FlagChange) -> Value {
@@ -373,22 +400,16 @@ async fn flag_set(
     if r.state.is_none() && r.default_variant.is_none() {
         return Err(ApiError::bad_request("give state or default_variant"));
     }
-    let (change, rev) = ctx
-        .store
-        .write(move |tx| {
-            store::flags::set(
-                tx,
-                &actor,
-                &r.environment,
-                &key,
-                r.state.as_deref(),
-                r.default_variant.as_deref(),
-                &r.reason,
-            )
-        })
-        .await?;
-    publish(&ctx, rev);
-    Ok(ok(&change_view(change)))
+    let op = approvals::Op::FlagSet {
+        environment: r.environment,
+        key,
+        state: r.state,
+        default_variant: r.default_variant,
+    };
+    submitted(
+        approvals::submit(&ctx, &actor, op, &r.reason).await?,
+        Value::Null,
+    )
 }
 
 #[derive(Deserialize)]
@@ -705,6 +726,8 @@ struct TokenReq {
     name: String,
     role: Role,
     expires: Option<String>,
+    #[serde(default)]
+    reason: String,
 }
 
 async fn token_create(
@@ -714,13 +737,16 @@ async fn token_create(
 ) -> ApiResult<Response> {
     let actor = caller.require(Role::Admin)?.clone();
     let expires = crate::auth::expiry_ms(r.expires.as_deref()).map_err(ApiError::bad_request)?;
-    let (t, secret) = ctx
-        .store
-        .write(move |tx| store::tokens::create_api_token(tx, &actor, &r.name, r.role, expires, ""))
-        .await?;
-    Ok(ok(
-        &json!({"id": t.id, "name": t.name, "role": t.role, "expires": t.expires, "token": secret}),
-    ))
+    let (id, secret) = crate::auth::new_secret(crate::auth::SecretKind::ApiToken);
+    let op = approvals::Op::TokenCreate {
+        id,
+        name: r.name,
+        role: r.role,
+        secret_hash: crate::auth::hash_secret(&secret),
+        expires_ms: expires,
+    };
+    let out = approvals::submit(&ctx, &actor, op, &r.reason).await?;
+    submitted(out, json!({ "token": secret }))
 }
 
 async fn token_revoke(
@@ -748,6 +774,8 @@ struct UserReq {
     name: String,
     role: Role,
     password: Option<String>,
+    #[serde(default)]
+    reason: String,
 }
 
 async fn user_add(
@@ -772,15 +800,164 @@ async fn user_add(
     .await
     .map_err(|_| ApiError::internal())?
     .map_err(|_| ApiError::internal())?;
-    let user = ctx
+    let op = approvals::Op::UserAdd {
+        name: r.name,
+        role: r.role,
+        password_hash: hash,
+    };
+    let out = approvals::submit(&ctx, &actor, op, &r.reason).await?;
+    submitted(
+        out,
+        if generated {
+            json!({ "password": password })
+        } else {
+            Value::Null
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct RoleReq {
+    role: Role,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn user_set_role(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(r): Json<RoleReq>,
+) -> ApiResult<Response> {
+    let actor = caller.require(Role::Admin)?.clone();
+    let op = approvals::Op::UserSetRole { name, role: r.role };
+    submitted(
+        approvals::submit(&ctx, &actor, op, &r.reason).await?,
+        Value::Null,
+    )
+}
+
+// ---- four-eyes approvals ----
+
+#[derive(Deserialize)]
+struct ApprovalsQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn approvals_list(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Query(q): Query<ApprovalsQuery>,
+) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    let state = q.state.filter(|s| !s.is_empty() && s != "all");
+    let limit = q.limit.unwrap_or(100);
+    let list = ctx
         .store
-        .write(move |tx| store::users::add(tx, &actor, &r.name, r.role, &hash, ""))
+        .read(move |c| store::approvals::list(c, state.as_deref(), limit))
         .await?;
-    let mut v = json!({"name": user.name, "role": user.role});
-    if generated {
-        v["password"] = json!(password);
+    Ok(ok(&json!({ "approvals": list })))
+}
+
+async fn approval_get(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    let a = ctx
+        .store
+        .read(move |c| store::approvals::get(c, &id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such approval request"))?;
+    Ok(ok(&a))
+}
+
+fn approval_error(e: approvals::ApprovalError) -> ApiError {
+    match e {
+        approvals::ApprovalError::Store(s) => s.into(),
+        approvals::ApprovalError::Forbidden(m) => ApiError::forbidden(m),
     }
-    Ok(ok(&v))
+}
+
+fn decided_view(d: approvals::Decided) -> Response {
+    match d {
+        approvals::Decided::Approved(a, e) => ok(&json!({"approval": a, "result": e.output})),
+        approvals::Decided::Rejected(a) => ok(&json!({ "approval": a })),
+        approvals::Decided::Expired(a) => ApiError::new(
+            StatusCode::CONFLICT,
+            "EXPIRED",
+            format!("request {} expired at {}; nothing changed", a.id, a.expires),
+        )
+        .into_response(),
+    }
+}
+
+async fn approval_approve(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Path(id): Path<String>,
+    Json(r): Json<ReasonReq>,
+) -> ApiResult<Response> {
+    let actor = caller.require(Role::Operator)?.clone();
+    // the API token's creator counts as the approver too (a requester may
+    // not approve with a token they minted for the purpose)
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    let creator = ctx
+        .store
+        .read(move |c| store::tokens::creator_of(c, &token))
+        .await?;
+    let d = approvals::approve(&ctx, &actor, creator, &id, &r.reason)
+        .await
+        .map_err(approval_error)?;
+    Ok(decided_view(d))
+}
+
+async fn approval_reject(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(r): Json<ReasonReq>,
+) -> ApiResult<Response> {
+    let actor = caller.require(Role::Viewer)?.clone();
+    require_reason(&r.reason)?;
+    let d = approvals::reject(&ctx, &actor, &id, &r.reason)
+        .await
+        .map_err(approval_error)?;
+    Ok(decided_view(d))
+}
+
+async fn policy_get(State(ctx): State<Ctx>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Role::Viewer)?;
+    Ok(ok(&approvals::policy(&ctx).await?))
+}
+
+#[derive(Deserialize)]
+struct PolicyReq {
+    #[serde(flatten)]
+    policy: approvals::Policy,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn policy_set(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Json(r): Json<PolicyReq>,
+) -> ApiResult<Response> {
+    let actor = caller.require(Role::Admin)?.clone();
+    require_reason(&r.reason)?;
+    submitted(
+        approvals::set_policy(&ctx, &actor, r.policy, &r.reason).await?,
+        Value::Null,
+    )
 }
 
 // ---- metrics ----

@@ -24,9 +24,46 @@ pub struct Config {
     #[serde(default)]
     pub ingest: IngestListener,
     #[serde(default)]
-    pub admin: Listener,
+    pub admin: AdminListener,
     #[serde(default)]
     pub status_page: Listener,
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+}
+
+/// `[admin]`: the listener plus console session settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminListener {
+    pub listen: Option<String>,
+    /// TLS is not implemented on the admin listener yet, so a non-loopback
+    /// `listen` is refused unless this is set (plain HTTP: put a TLS proxy
+    /// in front).
+    #[serde(default)]
+    pub allow_insecure_remote: bool,
+    /// Mark the session cookie `Secure`. Set it when a TLS proxy serves
+    /// the console over HTTPS (the listener itself has no TLS yet).
+    #[serde(default)]
+    pub secure_cookie: bool,
+    /// Console sessions end after this long without a request (default 15m).
+    pub session_idle_timeout: Option<String>,
+    /// ... and this long after login whatever happens (default 8h).
+    pub session_absolute_timeout: Option<String>,
+}
+
+/// `[approvals]`: the four-eyes policy the collector starts with (admins
+/// can change it in the console; the saved version then wins).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// Flag changes in these environments need a second person.
+    #[serde(default)]
+    pub protected_environments: Vec<String>,
+    /// Creating users or tokens with a role, and changing roles, need a
+    /// second person (default true).
+    pub grant_roles: Option<bool>,
+    /// Pending requests expire after this long (default 24h).
+    pub expire_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -53,7 +90,22 @@ pub struct Settings {
     pub status_listen: SocketAddr,
     /// `(certificate, key)` PEM files for the ingest listener.
     pub ingest_tls: Option<(PathBuf, PathBuf)>,
+    pub admin: AdminSettings,
+    pub approvals: crate::approvals::Policy,
 }
+
+/// Console session settings.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub allow_insecure_remote: bool,
+    pub secure_cookie: bool,
+    pub session_idle_timeout_ms: i64,
+    pub session_absolute_timeout_ms: i64,
+}
+
+pub const DEFAULT_SESSION_IDLE: &str = "15m";
+pub const DEFAULT_SESSION_ABSOLUTE: &str = "8h";
+pub const DEFAULT_APPROVAL_EXPIRY: &str = "24h";
 
 impl Settings {
     /// Defaults for `run --data-dir DIR`.
@@ -62,8 +114,9 @@ impl Settings {
             data_dir: dir.to_path_buf(),
             database: None,
             ingest: IngestListener::default(),
-            admin: Listener::default(),
+            admin: AdminListener::default(),
             status_page: Listener::default(),
+            approvals: ApprovalsConfig::default(),
         };
         let src = ConfigSource {
             file: PathBuf::from("(command line)"),
@@ -157,6 +210,60 @@ fn resolve(src: &ConfigSource, cfg: Config) -> Result<Settings, ConfigErrors> {
             }
         }
     }
+    if !admin_listen.ip().is_loopback() && !cfg.admin.allow_insecure_remote {
+        errors.push(src.error(
+            "admin.listen",
+            format!(
+                "{admin_listen} is not a loopback address and the admin listener has no TLS yet; \
+                 serve it on 127.0.0.1 behind a TLS proxy, or set [admin] allow_insecure_remote = true to accept plain HTTP"
+            ),
+        ));
+    }
+    let mut duration_ms = |key: &str, given: &Option<String>, default: &str| -> i64 {
+        let raw = given.clone().unwrap_or_else(|| default.into());
+        match common::config::parse_duration(&raw) {
+            Ok(d) if !d.is_zero() => d.as_millis() as i64,
+            Ok(_) => {
+                errors.push(src.error(key, "must be longer than zero"));
+                1
+            }
+            Err(e) => {
+                errors.push(src.error(key, e));
+                1
+            }
+        }
+    };
+    let admin = AdminSettings {
+        allow_insecure_remote: cfg.admin.allow_insecure_remote,
+        secure_cookie: cfg.admin.secure_cookie,
+        session_idle_timeout_ms: duration_ms(
+            "admin.session_idle_timeout",
+            &cfg.admin.session_idle_timeout,
+            DEFAULT_SESSION_IDLE,
+        ),
+        session_absolute_timeout_ms: duration_ms(
+            "admin.session_absolute_timeout",
+            &cfg.admin.session_absolute_timeout,
+            DEFAULT_SESSION_ABSOLUTE,
+        ),
+    };
+    let approvals = crate::approvals::Policy {
+        protected_environments: cfg.approvals.protected_environments.clone(),
+        grant_roles: cfg.approvals.grant_roles.unwrap_or(true),
+        expire_after_ms: duration_ms(
+            "approvals.expire_after",
+            &cfg.approvals.expire_after,
+            DEFAULT_APPROVAL_EXPIRY,
+        ),
+    };
+    for env in &approvals.protected_environments {
+        if crate::store::users::validate_name(env).is_err() {
+            errors.push(src.error(
+                "approvals.protected_environments",
+                format!("invalid environment name {env:?}"),
+            ));
+        }
+    }
     if errors.is_empty() {
         Ok(Settings {
             data_dir,
@@ -164,6 +271,8 @@ fn resolve(src: &ConfigSource, cfg: Config) -> Result<Settings, ConfigErrors> {
             admin_listen,
             status_listen,
             ingest_tls,
+            admin,
+            approvals,
         })
     } else {
         Err(ConfigErrors(errors))

@@ -4,8 +4,10 @@
 
 pub mod admin;
 pub mod api;
+pub mod approvals;
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod hub;
 pub mod ingest;
 pub mod init;
@@ -28,6 +30,9 @@ pub struct CtxInner {
     pub hub: Arc<hub::Hub>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
+    /// The four-eyes policy from the config (a policy saved in the console wins).
+    pub approval_defaults: approvals::Policy,
+    pub console: console::ConsoleState,
 }
 
 pub type Ctx = Arc<CtxInner>;
@@ -61,6 +66,8 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
         hub: Arc::new(hub::Hub::default()),
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
+        approval_defaults: settings.approvals.clone(),
+        console: console::ConsoleState::new(&settings.admin),
     });
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
@@ -109,6 +116,7 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
             .await
         });
     }
+    ctx.tracker.spawn(housekeeping(ctx.clone()));
     tracing::info!(ingest = %ingest_addr, ingest_tls = settings.ingest_tls.is_some(), admin = %admin_addr, status = %status_addr, version = common::VERSION, "collector listening");
     Ok(Running {
         ingest_addr,
@@ -118,6 +126,28 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
         ctx,
         servers,
     })
+}
+
+/// How often expired approval requests and console sessions are cleared.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Expires overdue four-eyes requests (audited) and deletes timed-out sessions.
+async fn housekeeping(ctx: Ctx) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match approvals::expire_due(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(requests = n, "approval requests expired"),
+            Err(e) => tracing::warn!(error = %e, "cannot expire approval requests"),
+        }
+        if let Err(e) = console::purge_sessions(&ctx).await {
+            tracing::warn!(error = %e, "cannot purge console sessions");
+        }
+    }
 }
 
 impl Running {

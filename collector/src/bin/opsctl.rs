@@ -51,6 +51,31 @@ enum Cmd {
     /// Console users.
     #[command(subcommand)]
     Users(UsersCmd),
+    /// Four-eyes requests: changes waiting for a second person.
+    #[command(subcommand)]
+    Approvals(ApprovalsCmd),
+}
+
+#[derive(Subcommand)]
+enum ApprovalsCmd {
+    /// Requests (pending by default).
+    List {
+        /// pending, approved, rejected, expired or all
+        #[arg(long, default_value = "pending")]
+        state: String,
+    },
+    /// Approve someone else's request; the change takes effect at once.
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Reject a request (or withdraw your own).
+    Reject {
+        id: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -166,6 +191,8 @@ enum TokensCmd {
         role: String,
         #[arg(long)]
         expires: Option<String>,
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     List,
     Revoke {
@@ -184,8 +211,18 @@ enum UsersCmd {
         role: String,
         #[arg(long)]
         password_file: Option<PathBuf>,
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     List,
+    /// Change a user's role.
+    SetRole {
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// How a command failed: 1 for operations, 2 for usage/config.
@@ -324,7 +361,74 @@ fn run(cli: Cli) -> Out {
         Cmd::Audit(a) => audit(&c, a),
         Cmd::Tokens(t) => tokens(&c, t),
         Cmd::Users(u) => users(&c, u),
+        Cmd::Approvals(a) => approvals(&c, a),
     }
+}
+
+/// Prints the "waiting for approval" note of a 202 answer; true if it was one.
+fn pending(v: &Value) -> bool {
+    if v["pending"].as_bool() != Some(true) {
+        return false;
+    }
+    let a = &v["approval"];
+    println!(
+        "waiting for approval: request {} ({} {}) expires {}; another person runs `opsctl approvals approve {}`",
+        s(&a["id"]), s(&a["action"]), s(&a["target"]), s(&a["expires"]), s(&a["id"])
+    );
+    let diff: Vec<common::diff::Change> =
+        serde_json::from_value(a["diff"].clone()).unwrap_or_default();
+    print!("{}", common::diff::render(&diff));
+    true
+}
+
+fn approvals(c: &Client, cmd: ApprovalsCmd) -> Out {
+    match cmd {
+        ApprovalsCmd::List { state } => {
+            let v = c.get(&format!("/approvals?state={}", q(&state)))?;
+            c.show(&v, |v| {
+                println!(
+                    "{:<14} {:<9} {:<14} {:<28} {:<12} {:<24} REASON",
+                    "ID", "STATE", "ACTION", "TARGET", "BY", "EXPIRES"
+                );
+                for a in v["approvals"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<14} {:<9} {:<14} {:<28} {:<12} {:<24} {}",
+                        s(&a["id"]),
+                        s(&a["state"]),
+                        s(&a["action"]),
+                        s(&a["target"]),
+                        s(&a["requested_by"]),
+                        s(&a["expires"]),
+                        s(&a["reason"])
+                    );
+                }
+            });
+        }
+        ApprovalsCmd::Approve { id, reason } => {
+            let v = c.post(
+                &format!("/approvals/{}/approve", q(&id)),
+                json!({"reason": reason}),
+            )?;
+            c.show(&v, |v| {
+                println!(
+                    "request {id} approved: {} {} is done",
+                    s(&v["approval"]["action"]),
+                    s(&v["approval"]["target"])
+                );
+                if let Some(d) = v["result"]["diff_text"].as_str() {
+                    print!("{d}");
+                }
+            });
+        }
+        ApprovalsCmd::Reject { id, reason } => {
+            let v = c.post(
+                &format!("/approvals/{}/reject", q(&id)),
+                json!({"reason": reason}),
+            )?;
+            c.show(&v, |_| println!("request {id} rejected"));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn agents(c: &Client, cmd: AgentsCmd) -> Out {
@@ -411,6 +515,9 @@ fn flags(c: &Client, cmd: FlagsCmd) -> Out {
                 json!({"environment": env, "definition": definition, "reason": reason.unwrap_or_default(), "dry_run": dry_run}),
             )?;
             c.show(&v, |v| {
+                if pending(v) {
+                    return;
+                }
                 let diff = v["diff_text"].as_str().unwrap_or("");
                 if diff.is_empty() {
                     println!("no changes (revision {})", s(&v["revision"]));
@@ -483,6 +590,9 @@ fn flags(c: &Client, cmd: FlagsCmd) -> Out {
                 json!({"environment": env, "state": state, "default_variant": default_variant, "reason": reason}),
             )?;
             c.show(&v, |v| {
+                if pending(v) {
+                    return;
+                }
                 print!("{}", v["diff_text"].as_str().unwrap_or(""));
                 if v["changed"].as_bool() == Some(true) {
                     println!("applied as revision {}", s(&v["revision"]));
@@ -658,12 +768,18 @@ fn tokens(c: &Client, cmd: TokensCmd) -> Out {
             name,
             role,
             expires,
+            reason,
         } => {
             let v = c.post(
                 "/tokens",
-                json!({"name": name, "role": role, "expires": expires}),
+                json!({"name": name, "role": role, "expires": expires, "reason": reason}),
             )?;
             c.show(&v, |v| {
+                if pending(v) {
+                    println!("the token works once the request is approved (shown once):");
+                    println!("{}", s(&v["token"]));
+                    return;
+                }
                 println!(
                     "API token {} ({}, role {}, expires {}):",
                     s(&v["id"]),
@@ -707,10 +823,22 @@ fn tokens(c: &Client, cmd: TokensCmd) -> Out {
 
 fn users(c: &Client, cmd: UsersCmd) -> Out {
     match cmd {
+        UsersCmd::SetRole { name, role, reason } => {
+            let v = c.post(
+                &format!("/users/{}/role", q(&name)),
+                json!({"role": role, "reason": reason}),
+            )?;
+            c.show(&v, |v| {
+                if !pending(v) {
+                    println!("{} now has the {} role", s(&v["name"]), s(&v["role"]));
+                }
+            });
+        }
         UsersCmd::Add {
             name,
             role,
             password_file,
+            reason,
         } => {
             let password = match password_file {
                 Some(f) => Some(
@@ -723,10 +851,12 @@ fn users(c: &Client, cmd: UsersCmd) -> Out {
             };
             let v = c.post(
                 "/users",
-                json!({"name": name, "role": role, "password": password}),
+                json!({"name": name, "role": role, "password": password, "reason": reason}),
             )?;
             c.show(&v, |v| {
-                println!("user {} added with role {}", s(&v["name"]), s(&v["role"]));
+                if !pending(v) {
+                    println!("user {} added with role {}", s(&v["name"]), s(&v["role"]));
+                }
                 if let Some(p) = v["password"].as_str() {
                     println!("password (shown once):");
                     println!("{p}");

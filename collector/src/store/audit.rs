@@ -44,24 +44,67 @@ pub struct NewEntry<'a> {
 }
 
 fn entry_hash(prev: &str, e: &AuditEntry) -> String {
-    // canonical form: a JSON array of the fields in a fixed order
-    let body = serde_json::json!([
+    // canonical form: a JSON array of the fields in a fixed order (a tuple
+    // serializes to exactly that array, without copying every field into a
+    // `Value` first: verify hashes every entry)
+    let body = (
         e.seq,
         e.ts_ms,
-        e.actor,
-        e.role,
-        e.source,
-        e.user_agent,
-        e.action,
-        e.target,
-        e.reason,
-        e.diff
-    ]);
+        &e.actor,
+        &e.role,
+        &e.source,
+        &e.user_agent,
+        &e.action,
+        &e.target,
+        &e.reason,
+        &e.diff,
+    );
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
     h.update(b"\n");
-    h.update(body.to_string().as_bytes());
+    h.update(serde_json::to_vec(&body).unwrap_or_default());
     hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod hash_tests {
+    use super::*;
+
+    #[test]
+    fn tuple_form_is_the_canonical_array() {
+        let e = AuditEntry {
+            seq: 7,
+            ts_ms: 1_700_000_000_123,
+            time: String::new(),
+            actor: "a\"b".into(),
+            role: "admin".into(),
+            source: "127.0.0.1".into(),
+            user_agent: "ua/1 ü".into(),
+            action: "flags.set".into(),
+            target: "flag:prod/x".into(),
+            reason: "why\nnot".into(),
+            diff: serde_json::json!([{"path": "/b", "after": {"z": 1, "a": [1, 2]}}]),
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        let old = serde_json::json!([
+            e.seq,
+            e.ts_ms,
+            e.actor,
+            e.role,
+            e.source,
+            e.user_agent,
+            e.action,
+            e.target,
+            e.reason,
+            e.diff
+        ]);
+        let mut h = Sha256::new();
+        h.update(GENESIS.as_bytes());
+        h.update(b"\n");
+        h.update(old.to_string().as_bytes());
+        assert_eq!(entry_hash(GENESIS, &e), hex::encode(h.finalize()));
+    }
 }
 
 /// Appends one entry inside the caller's transaction.

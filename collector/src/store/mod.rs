@@ -6,10 +6,12 @@
 //! executor's worker threads.
 
 pub mod agents;
+pub mod approvals;
 pub mod audit;
 pub mod flags;
 pub mod killswitches;
 pub mod schema;
+pub mod sessions;
 pub mod tokens;
 pub mod users;
 
@@ -215,6 +217,19 @@ fn run_tx<T>(
     let out = f(&tx)?;
     tx.commit()?;
     Ok(out)
+}
+
+/// Runs `f` inside a savepoint of `tx` and always rolls it back: the same
+/// store functions that make a change compute what it would change (the
+/// diff a four-eyes request shows) without leaving anything behind.
+pub fn dry_run<T>(
+    tx: &rusqlite::Transaction<'_>,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+) -> Result<T> {
+    tx.execute_batch("SAVEPOINT dry_run")?;
+    let out = f(tx);
+    tx.execute_batch("ROLLBACK TO dry_run; RELEASE dry_run")?;
+    out
 }
 
 /// `rusqlite::OptionalExtension` re-exported for the submodules.

@@ -100,6 +100,39 @@ CREATE TABLE audit (
 CREATE INDEX audit_ts ON audit(ts_ms);
 CREATE INDEX audit_actor ON audit(actor, ts_ms);
 "#,
+    // 2: console sessions and four-eyes approval requests
+    r#"
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    user_agent TEXT NOT NULL
+);
+CREATE INDEX sessions_user ON sessions(user_name);
+CREATE TABLE approvals (
+    id TEXT PRIMARY KEY,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    diff TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_role TEXT NOT NULL,
+    requested_source TEXT NOT NULL,
+    requested_user_agent TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    decided_by TEXT,
+    decided_ms INTEGER,
+    decision_reason TEXT
+);
+CREATE INDEX approvals_state ON approvals(state, created_ms);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

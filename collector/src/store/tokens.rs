@@ -27,8 +27,34 @@ pub fn create_api_token(
     expires_ms: Option<i64>,
     reason: &str,
 ) -> Result<(ApiToken, String)> {
-    super::users::validate_name(name)?;
     let (id, secret) = new_secret(SecretKind::ApiToken);
+    let token = insert_api_token(
+        tx,
+        actor,
+        &id,
+        &hash_secret(&secret),
+        name,
+        role,
+        expires_ms,
+        reason,
+    )?;
+    Ok((token, secret))
+}
+
+/// Stores a token whose secret was generated earlier (a four-eyes request
+/// shows the secret to its requester once; approval makes it valid).
+#[allow(clippy::too_many_arguments)]
+pub fn insert_api_token(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    id: &str,
+    secret_hash: &str,
+    name: &str,
+    role: Role,
+    expires_ms: Option<i64>,
+    reason: &str,
+) -> Result<ApiToken> {
+    super::users::validate_name(name)?;
     let now = common::time::now_ms();
     tx.execute(
         "INSERT INTO api_tokens (id, name, role, hash, created_ms, created_by, expires_ms)
@@ -37,14 +63,14 @@ pub fn create_api_token(
             id,
             name,
             role.as_str(),
-            hash_secret(&secret),
+            secret_hash,
             now,
             actor.name,
             expires_ms
         ],
     )?;
     let token = ApiToken {
-        id: id.clone(),
+        id: id.to_string(),
         name: name.into(),
         role,
         created: common::time::rfc3339(now),
@@ -63,7 +89,19 @@ pub fn create_api_token(
             after: json!({"id": id, "name": name, "role": role.as_str(), "expires": token.expires}),
         },
     )?;
-    Ok((token, secret))
+    Ok(token)
+}
+
+/// Who created the API token `secret` (to stop a requester approving their
+/// own four-eyes request with a token they minted themselves).
+pub fn creator_of(conn: &Connection, secret: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT created_by FROM api_tokens WHERE hash = ?1",
+            [hash_secret(secret)],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 pub fn revoke_api_token(tx: &Transaction<'_>, actor: &Actor, id: &str, reason: &str) -> Result<()> {

@@ -56,6 +56,58 @@ pub fn add(
     })
 }
 
+/// Changes a user's role; open sessions notice on their next request and
+/// get a new session id.
+pub fn set_role(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    name: &str,
+    role: Role,
+    reason: &str,
+) -> Result<User> {
+    let before: Option<(String, i64, Option<i64>)> = tx
+        .query_row(
+            "SELECT role, created_ms, disabled_ms FROM users WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let (old, created_ms, disabled_ms) =
+        before.ok_or_else(|| StoreError::NotFound(format!("no user {name:?}")))?;
+    tx.execute(
+        "UPDATE users SET role = ?2 WHERE name = ?1",
+        params![name, role.as_str()],
+    )?;
+    if old != role.as_str() {
+        audit::append(
+            tx,
+            NewEntry {
+                actor,
+                action: "user.set_role",
+                target: format!("user:{name}"),
+                reason,
+                before: json!({"name": name, "role": old}),
+                after: json!({"name": name, "role": role.as_str()}),
+            },
+        )?;
+    }
+    Ok(User {
+        name: name.into(),
+        role,
+        created: common::time::rfc3339(created_ms),
+        disabled: disabled_ms.is_some(),
+    })
+}
+
+/// Names of enabled users other than `except` whose role is at least `role`.
+pub fn others_with_role(conn: &Connection, except: &str, role: Role) -> Result<Vec<String>> {
+    Ok(list(conn)?
+        .into_iter()
+        .filter(|u| !u.disabled && u.name != except && u.role.allows(role))
+        .map(|u| u.name)
+        .collect())
+}
+
 pub fn validate_name(name: &str) -> Result<()> {
     if name.is_empty()
         || name.len() > 64

@@ -1,0 +1,484 @@
+//! Four-eyes approvals: which operations need a second person (the policy),
+//! and the one place that runs those operations, whether at once or later on
+//! approval. Both the JSON API and the console go through [`submit`],
+//! [`approve`] and [`reject`]; nothing here bypasses the store functions, so
+//! an approved change writes the same revision and audit entries as a direct
+//! one, inside the approval's transaction.
+//!
+//! Invariants: nobody approves their own request (admins included; an API
+//! token minted by the requester counts as the requester); the approver needs
+//! the role the operation needs; what runs is exactly what was shown (the
+//! diff is recomputed and must match); emergency actions (kill, revive)
+//! never come here.
+
+use crate::auth::{Actor, Role};
+use crate::store::{self, approvals::Approval, StoreError};
+use crate::Ctx;
+use common::wire::Revision;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// Which operations need a second person's approval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Flag changes (set, apply) in these environments.
+    pub protected_environments: Vec<String>,
+    /// Creating users or API tokens (each carries a role) and changing roles.
+    pub grant_roles: bool,
+    /// Pending requests expire after this long.
+    pub expire_after_ms: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            protected_environments: Vec::new(),
+            grant_roles: true,
+            expire_after_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+impl Policy {
+    pub fn requires(&self, op: &Op) -> bool {
+        match op {
+            Op::FlagSet { environment, .. } | Op::FlagApply { environment, .. } => {
+                self.protected_environments.iter().any(|e| e == environment)
+            }
+            Op::UserAdd { .. } | Op::UserSetRole { .. } | Op::TokenCreate { .. } => {
+                self.grant_roles
+            }
+            // otherwise one admin could switch the protection off and then
+            // change protected flags alone
+            Op::PolicySet { .. } => true,
+        }
+    }
+}
+
+/// An operation that may have to wait for approval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Op {
+    FlagSet {
+        environment: String,
+        key: String,
+        state: Option<String>,
+        default_variant: Option<String>,
+    },
+    FlagApply {
+        environment: String,
+        definition: Value,
+    },
+    UserAdd {
+        name: String,
+        role: Role,
+        /// argon2id hash of the password shown to the requester.
+        password_hash: String,
+    },
+    UserSetRole {
+        name: String,
+        role: Role,
+    },
+    TokenCreate {
+        id: String,
+        name: String,
+        role: Role,
+        /// SHA-256 of the secret shown to the requester.
+        secret_hash: String,
+        expires_ms: Option<i64>,
+    },
+    PolicySet {
+        policy: Policy,
+        /// The config's policy, in force while none was saved.
+        config_default: Policy,
+    },
+}
+
+impl Op {
+    /// The role needed to perform (and so to approve) the operation.
+    pub fn required_role(&self) -> Role {
+        match self {
+            Op::FlagSet { .. } | Op::FlagApply { .. } => Role::Operator,
+            _ => Role::Admin,
+        }
+    }
+
+    pub fn action(&self) -> &'static str {
+        match self {
+            Op::FlagSet { .. } => "flags.set",
+            Op::FlagApply { .. } => "flags.apply",
+            Op::UserAdd { .. } => "user.add",
+            Op::UserSetRole { .. } => "user.set_role",
+            Op::TokenCreate { .. } => "token.create",
+            Op::PolicySet { .. } => "approvals.policy.set",
+        }
+    }
+
+    pub fn target(&self) -> String {
+        match self {
+            Op::FlagSet {
+                environment, key, ..
+            } => format!("flag:{environment}/{key}"),
+            Op::FlagApply { environment, .. } => format!("flags:{environment}"),
+            Op::UserAdd { name, .. } | Op::UserSetRole { name, .. } => format!("user:{name}"),
+            Op::TokenCreate { id, .. } => format!("token:{id}"),
+            Op::PolicySet { .. } => "approval_policy".into(),
+        }
+    }
+}
+
+/// What an operation did (or, in a dry run, would do).
+#[derive(Debug, Clone)]
+pub struct Executed {
+    /// A new revision to push to agents.
+    pub revision: Option<Revision>,
+    /// The changes, as shown to the approver.
+    pub diff: Value,
+    /// The JSON the API answers with.
+    pub output: Value,
+    pub changed: bool,
+}
+
+/// Runs `op` through the store functions inside `tx`.
+pub fn execute(
+    tx: &rusqlite::Transaction<'_>,
+    op: &Op,
+    actor: &Actor,
+    reason: &str,
+) -> store::Result<Executed> {
+    match op {
+        Op::FlagSet {
+            environment,
+            key,
+            state,
+            default_variant,
+        } => {
+            let (change, rev) = store::flags::set(
+                tx,
+                actor,
+                environment,
+                key,
+                state.as_deref(),
+                default_variant.as_deref(),
+                reason,
+            )?;
+            Ok(flag_executed(change, rev))
+        }
+        Op::FlagApply {
+            environment,
+            definition,
+        } => {
+            common::flags::FlagSet::from_value(definition)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let (change, rev) =
+                store::flags::apply(tx, actor, environment, definition.clone(), reason, false)?;
+            Ok(flag_executed(change, rev))
+        }
+        Op::UserAdd {
+            name,
+            role,
+            password_hash,
+        } => {
+            let u = store::users::add(tx, actor, name, *role, password_hash, reason)?;
+            let after = json!({"name": u.name, "role": u.role});
+            Ok(Executed {
+                revision: None,
+                diff: diff_value(&json!(null), &after),
+                output: after,
+                changed: true,
+            })
+        }
+        Op::UserSetRole { name, role } => {
+            let before = store::users::list(tx)?
+                .into_iter()
+                .find(|u| &u.name == name)
+                .map(|u| json!({"name": u.name, "role": u.role}))
+                .unwrap_or(Value::Null);
+            let u = store::users::set_role(tx, actor, name, *role, reason)?;
+            let after = json!({"name": u.name, "role": u.role});
+            Ok(Executed {
+                revision: None,
+                diff: diff_value(&before, &after),
+                changed: before != after,
+                output: after,
+            })
+        }
+        Op::TokenCreate {
+            id,
+            name,
+            role,
+            secret_hash,
+            expires_ms,
+        } => {
+            let t = store::tokens::insert_api_token(
+                tx,
+                actor,
+                id,
+                secret_hash,
+                name,
+                *role,
+                *expires_ms,
+                reason,
+            )?;
+            let after = json!({"id": t.id, "name": t.name, "role": t.role, "expires": t.expires});
+            Ok(Executed {
+                revision: None,
+                diff: diff_value(&json!(null), &after),
+                output: after,
+                changed: true,
+            })
+        }
+        Op::PolicySet {
+            policy,
+            config_default,
+        } => {
+            for env in &policy.protected_environments {
+                store::users::validate_name(env)?;
+            }
+            if policy.expire_after_ms < 60_000 {
+                return Err(StoreError::Invalid(
+                    "requests must stay open at least one minute".into(),
+                ));
+            }
+            let before =
+                store::approvals::policy(tx)?.unwrap_or(serde_json::to_value(config_default)?);
+            let after = serde_json::to_value(policy)?;
+            if before != after {
+                store::approvals::set_policy(tx, actor, &before, &after, reason)?;
+            }
+            Ok(Executed {
+                revision: None,
+                diff: diff_value(&before, &after),
+                changed: before != after,
+                output: after,
+            })
+        }
+    }
+}
+
+fn diff_value(before: &Value, after: &Value) -> Value {
+    serde_json::to_value(common::diff::diff(before, after)).unwrap_or(Value::Null)
+}
+
+fn flag_executed(change: store::flags::FlagChange, rev: Option<Revision>) -> Executed {
+    Executed {
+        revision: rev,
+        diff: serde_json::to_value(&change.diff).unwrap_or(Value::Null),
+        output: json!({
+            "revision": change.revision,
+            "changed": change.changed,
+            "diff": change.diff,
+            "diff_text": common::diff::render(&change.diff),
+        }),
+        changed: change.changed,
+    }
+}
+
+/// The outcome of [`submit`].
+#[derive(Debug)]
+pub enum Submitted {
+    /// Done at once (no approval needed, or nothing to change).
+    Applied(Executed),
+    /// Waiting for a second person.
+    Pending(Box<Approval>),
+}
+
+/// Errors of the approval steps, mapped to API answers by the callers.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+/// The policy in force: the one saved from the console, else the config's.
+pub async fn policy(ctx: &Ctx) -> store::Result<Policy> {
+    let saved = ctx.store.read(store::approvals::policy).await?;
+    Ok(saved
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_else(|| ctx.approval_defaults.clone()))
+}
+
+/// Saves a new policy; this too waits for a second admin when one exists.
+pub async fn set_policy(
+    ctx: &Ctx,
+    actor: &Actor,
+    new: Policy,
+    reason: &str,
+) -> store::Result<Submitted> {
+    let op = Op::PolicySet {
+        policy: new,
+        config_default: ctx.approval_defaults.clone(),
+    };
+    submit(ctx, actor, op, reason).await
+}
+
+/// Runs `op` now, or records a pending request when the policy asks for a
+/// second person and somebody else could give it. (A collector with a single
+/// admin has nobody to ask: its changes apply at once, and the request-free
+/// audit entry shows that. Add a second admin to get four eyes.)
+pub async fn submit(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::Result<Submitted> {
+    let policy = policy(ctx).await?;
+    let actor = actor.clone();
+    let reason = reason.to_string();
+    let out = ctx
+        .store
+        .write(move |tx| {
+            let needs = policy.requires(&op)
+                && !store::users::others_with_role(tx, &actor.name, op.required_role())?.is_empty();
+            if !needs {
+                return Ok(Submitted::Applied(execute(tx, &op, &actor, &reason)?));
+            }
+            let preview = store::dry_run(tx, |tx| execute(tx, &op, &actor, &reason))?;
+            if !preview.changed {
+                return Ok(Submitted::Applied(preview));
+            }
+            let expires = common::time::now_ms() + policy.expire_after_ms;
+            let payload = serde_json::to_value(&op)?;
+            let a = store::approvals::create(tx, &actor, op.action(), &op.target(), &payload, &preview.diff, &reason, expires)?;
+            tracing::info!(id = %a.id, action = %a.action, target = %a.target, by = %a.requested_by, "change waits for approval");
+            Ok(Submitted::Pending(Box::new(a)))
+        })
+        .await?;
+    if let Submitted::Applied(Executed {
+        revision: Some(rev),
+        ..
+    }) = &out
+    {
+        ctx.hub.publish(rev);
+    }
+    Ok(out)
+}
+
+/// The outcome of [`approve`].
+#[derive(Debug)]
+pub enum Decided {
+    Approved(Approval, Executed),
+    Rejected(Approval),
+    /// It had expired; now recorded as such.
+    Expired(Approval),
+}
+
+/// Approves request `id` as `approver`; `token_creator` is who minted the
+/// API token used, if any. The change runs in the same transaction.
+pub async fn approve(
+    ctx: &Ctx,
+    approver: &Actor,
+    token_creator: Option<String>,
+    id: &str,
+    reason: &str,
+) -> Result<Decided, ApprovalError> {
+    decide(ctx, approver, token_creator, id, reason, true).await
+}
+
+pub async fn reject(
+    ctx: &Ctx,
+    approver: &Actor,
+    id: &str,
+    reason: &str,
+) -> Result<Decided, ApprovalError> {
+    decide(ctx, approver, None, id, reason, false).await
+}
+
+async fn decide(
+    ctx: &Ctx,
+    approver: &Actor,
+    token_creator: Option<String>,
+    id: &str,
+    reason: &str,
+    approved: bool,
+) -> Result<Decided, ApprovalError> {
+    let approver = approver.clone();
+    let id = id.to_string();
+    let reason = reason.to_string();
+    let out = ctx
+        .store
+        .write(move |tx| -> store::Result<Result<Decided, String>> {
+            let a = store::approvals::get(tx, &id)?
+                .ok_or_else(|| StoreError::NotFound(format!("no approval request {id:?}")))?;
+            if a.state != "pending" {
+                return Err(StoreError::Conflict(format!("request {id} is already {}", a.state)));
+            }
+            let now = common::time::now_ms();
+            if a.expires_ms <= now {
+                store::approvals::expire_due(tx, &Actor::system("system:approvals"), now)?;
+                let a = store::approvals::get(tx, &id)?.unwrap_or(a);
+                return Ok(Ok(Decided::Expired(a)));
+            }
+            let op: Op = serde_json::from_value(a.payload.clone())
+                .map_err(|e| StoreError::Invalid(format!("request {id} cannot be read: {e}")))?;
+            let is_own = a.requested_by == approver.name || token_creator.as_deref() == Some(a.requested_by.as_str());
+            if approved && is_own {
+                return Ok(Err(format!(
+                    "{} cannot approve their own request: another person must approve it",
+                    approver.name
+                )));
+            }
+            let needed = op.required_role();
+            // a requester may always withdraw (reject) their own request
+            if !approver.role.allows(needed) && (!is_own || approved) {
+                return Ok(Err(format!(
+                    "deciding on {} needs the {} role; {} has {}",
+                    a.action,
+                    needed.as_str(),
+                    approver.name,
+                    approver.role.as_str()
+                )));
+            }
+            // (every refusal comes before anything is written: an `Ok(Err)`
+            // commits the transaction)
+            // a requester who lost the role since asking cannot get the
+            // change through someone else
+            if let Some((role, _)) = store::users::credentials(tx, &a.requested_by)? {
+                if approved && !role.allows(needed) {
+                    return Ok(Err(format!(
+                        "{} no longer has the {} role this change needs; reject the request",
+                        a.requested_by,
+                        needed.as_str()
+                    )));
+                }
+            }
+            store::approvals::decide(tx, &approver, &a, approved, &reason)?;
+            if !approved {
+                let a = store::approvals::get(tx, &id)?.unwrap_or(a);
+                return Ok(Ok(Decided::Rejected(a)));
+            }
+            let note = format!("{} (approved by {} in {})", a.reason, approver.name, a.id);
+            let exec = execute(tx, &op, &a.requester(), &note)?;
+            if exec.diff != a.diff {
+                return Err(StoreError::Conflict(format!(
+                    "{} changed since request {id} was made, so it would no longer do what was approved; reject it and request the change again",
+                    a.target
+                )));
+            }
+            let a = store::approvals::get(tx, &id)?.unwrap_or(a);
+            Ok(Ok(Decided::Approved(a, exec)))
+        })
+        .await?;
+    let decided = out.map_err(ApprovalError::Forbidden)?;
+    if let Decided::Approved(
+        _,
+        Executed {
+            revision: Some(rev),
+            ..
+        },
+    ) = &decided
+    {
+        ctx.hub.publish(rev);
+    }
+    Ok(decided)
+}
+
+/// Expires overdue requests (run periodically).
+pub async fn expire_due(ctx: &Ctx) -> store::Result<usize> {
+    ctx.store
+        .write(|tx| {
+            store::approvals::expire_due(
+                tx,
+                &Actor::system("system:approvals"),
+                common::time::now_ms(),
+            )
+        })
+        .await
+}

@@ -1,0 +1,1101 @@
+//! Security properties of the admin plane, against a collector started
+//! in-process: every mutating route (JSON API and console) with every role,
+//! CSRF, sessions (renewal, logout, timeouts, throttling), four-eyes
+//! invariants, and the admin listener's refusal to bind non-loopback.
+
+use collector::approvals::Policy;
+use collector::auth::{Actor, Role};
+use collector::config::{AdminSettings, Settings};
+use collector::store;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+const PASSWORD: &str = "correct-horse-battery";
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    base: String,
+    http: reqwest::Client,
+    running: Option<collector::Running>,
+    /// the init admin's API token (actor name "admin")
+    admin_token: String,
+    tokens: HashMap<Role, String>,
+    sessions: HashMap<Role, Sess>,
+}
+
+#[derive(Clone)]
+struct Sess {
+    cookie: String,
+    csrf: String,
+}
+
+fn settings(dir: &std::path::Path, idle_ms: i64) -> Settings {
+    Settings {
+        data_dir: dir.to_path_buf(),
+        ingest_listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        status_listen: "127.0.0.1:0".parse().unwrap(),
+        ingest_tls: None,
+        admin: AdminSettings {
+            allow_insecure_remote: false,
+            secure_cookie: false,
+            session_idle_timeout_ms: idle_ms,
+            session_absolute_timeout_ms: 8 * 3600 * 1000,
+        },
+        approvals: Policy {
+            protected_environments: vec!["prod".into()],
+            grant_roles: true,
+            expire_after_ms: 24 * 3600 * 1000,
+        },
+    }
+}
+
+fn user_name(r: Role) -> String {
+    format!("u-{}", r.as_str())
+}
+
+impl Harness {
+    async fn start(idle_ms: i64) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let init = collector::init::init(dir.path()).unwrap();
+        let running = collector::start(settings(dir.path(), idle_ms))
+            .await
+            .unwrap();
+        let base = format!("http://{}", running.admin_addr);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent("console-security-test")
+            .build()
+            .unwrap();
+        let st = running.ctx.store.clone();
+        let mut tokens = HashMap::new();
+        for r in Role::ALL {
+            let hash = collector::auth::hash_password(PASSWORD).unwrap();
+            let t = st
+                .write(move |tx| {
+                    let a = Actor::system("system:test");
+                    store::users::add(tx, &a, &user_name(r), r, &hash, "test")?;
+                    let (_, secret) = store::tokens::create_api_token(
+                        tx,
+                        &a,
+                        &format!("t-{}", r.as_str()),
+                        r,
+                        None,
+                        "test",
+                    )?;
+                    Ok(secret)
+                })
+                .await
+                .unwrap();
+            tokens.insert(r, t);
+        }
+        st.write(|tx| {
+            let a = Actor::system("system:test");
+            store::killswitches::declare(tx, &a, "ks1", "test switch")?;
+            let def = json!({"flags": {"f1": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"}}});
+            store::flags::apply(tx, &a, "dev", def.clone(), "seed", false)?;
+            store::flags::apply(tx, &a, "prod", def, "seed", false)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let mut h = Harness {
+            _dir: dir,
+            base,
+            http,
+            running: Some(running),
+            admin_token: init.admin_token,
+            tokens,
+            sessions: HashMap::new(),
+        };
+        for r in Role::ALL {
+            let s = h.login(&user_name(r), PASSWORD).await.expect("login");
+            h.sessions.insert(r, s);
+        }
+        h
+    }
+
+    fn ctx(&self) -> &collector::Ctx {
+        &self.running.as_ref().unwrap().ctx
+    }
+
+    async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown.cancel();
+            r.wait().await.unwrap();
+        }
+    }
+
+    /// Signs in; `None` when refused.
+    async fn login(&self, user: &str, password: &str) -> Option<Sess> {
+        let resp = self.login_raw(user, password).await;
+        if resp.status() != StatusCode::SEE_OTHER {
+            return None;
+        }
+        let cookie = set_cookie(&resp)?;
+        let csrf = self.csrf(&cookie).await;
+        Some(Sess { cookie, csrf })
+    }
+
+    async fn login_raw(&self, user: &str, password: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/console/login", self.base))
+            .form(&[
+                ("username", user),
+                ("password", password),
+                ("next", "/console/"),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn csrf(&self, cookie: &str) -> String {
+        let body = self.get_page(cookie, "/console/").await.1;
+        let i = body.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+        body[i..i + body[i..].find('"').unwrap()].to_string()
+    }
+
+    async fn get_page(&self, cookie: &str, path: &str) -> (StatusCode, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", format!("opsplane_session={cookie}"))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+
+    async fn console_post(
+        &self,
+        s: &Sess,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut f: Vec<(&str, &str)> = fields.to_vec();
+        f.push(("csrf", &s.csrf));
+        self.http
+            .post(format!("{}{path}", self.base))
+            .header("cookie", format!("opsplane_session={}", s.cookie))
+            .form(&f)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn api(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.unwrap()
+    }
+
+    async fn api_post(&self, token: &str, path: &str, body: Value) -> reqwest::Response {
+        self.api(token, reqwest::Method::POST, path, Some(body))
+            .await
+    }
+
+    /// A pending request to change a prod flag, made by the init admin.
+    async fn pending_flag_request(&self) -> String {
+        // alternate the state so every request changes something
+        let st = self.ctx().store.clone();
+        let cur = st
+            .read(|c| store::flags::latest(c, "prod"))
+            .await
+            .unwrap()
+            .unwrap()
+            .flags["flags"]["f1"]["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let next = if cur == "ENABLED" {
+            "DISABLED"
+        } else {
+            "ENABLED"
+        };
+        let r = self
+            .api_post(
+                &self.admin_token,
+                "/flags/f1",
+                json!({"environment": "prod", "state": next, "reason": "test"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let v: Value = r.json().await.unwrap();
+        v["approval"]["id"].as_str().unwrap().to_string()
+    }
+
+    async fn new_agent(&self, n: usize) -> String {
+        let st = self.ctx().store.clone();
+        st.write(move |tx| {
+            let a = Actor::system("system:test");
+            let (t, _) = store::tokens::create_enroll_token(tx, &a, "dev", "web", None)?;
+            let id = common::wire::AgentIdentity {
+                service: "web".into(),
+                environment: "dev".into(),
+                instance: format!("web-{n}"),
+                host: "host".into(),
+                version: "1".into(),
+                labels: Default::default(),
+            };
+            Ok(store::agents::enroll(tx, &t.id, &id)?.0)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn new_api_token(&self, n: usize) -> String {
+        let st = self.ctx().store.clone();
+        st.write(move |tx| {
+            let (t, _) = store::tokens::create_api_token(
+                tx,
+                &Actor::system("system:test"),
+                &format!("spare-{n}"),
+                Role::Viewer,
+                None,
+                "",
+            )?;
+            Ok(t.id)
+        })
+        .await
+        .unwrap()
+    }
+}
+
+fn set_cookie(resp: &reqwest::Response) -> Option<String> {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("opsplane_session="))
+        .map(|v| v.split(';').next().unwrap_or("").to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Every mutating route of the admin listener, with the role it needs.
+/// (Admin-only reads are included: export and the token list.)
+const ROUTES: &[(&str, Role)] = &[
+    ("api POST /agents/enroll-tokens", Role::Operator),
+    ("api POST /agents/{id}/revoke", Role::Operator),
+    ("api POST /flags/apply", Role::Operator),
+    ("api POST /flags/{key}", Role::Operator),
+    ("api POST /killswitches", Role::Operator),
+    ("api POST /killswitches/{name}/kill", Role::Responder),
+    ("api POST /killswitches/{name}/revive", Role::Responder),
+    ("api POST /tokens", Role::Admin),
+    ("api POST /tokens/{id}/revoke", Role::Admin),
+    ("api POST /users", Role::Admin),
+    ("api POST /users/{name}/role", Role::Admin),
+    ("api POST /approvals/{id}/approve", Role::Operator),
+    ("api POST /approvals/{id}/reject", Role::Operator),
+    ("api POST /approval-policy", Role::Admin),
+    ("api GET /audit/export", Role::Admin),
+    ("api GET /tokens", Role::Admin),
+    ("console POST /console/agents/{id}/revoke", Role::Operator),
+    ("console POST /console/flags/set", Role::Operator),
+    ("console POST /console/flags/preview", Role::Operator),
+    ("console POST /console/flags/apply", Role::Operator),
+    ("console POST /console/killswitches/kill", Role::Responder),
+    ("console POST /console/killswitches/revive", Role::Responder),
+    (
+        "console POST /console/approvals/{id}/approve",
+        Role::Operator,
+    ),
+    (
+        "console POST /console/approvals/{id}/reject",
+        Role::Operator,
+    ),
+    ("console POST /console/users", Role::Admin),
+    ("console POST /console/users/{name}/role", Role::Admin),
+    ("console POST /console/tokens", Role::Admin),
+    ("console POST /console/tokens/{id}/revoke", Role::Admin),
+    ("console POST /console/policy", Role::Admin),
+    ("console GET /console/audit/export", Role::Admin),
+    ("console GET /console/killswitches/confirm", Role::Responder),
+];
+
+async fn call(h: &Harness, route: &str, role: Role, n: usize) -> StatusCode {
+    let tok = h.tokens[&role].clone();
+    let s = h.sessions[&role].clone();
+    let def = json!({"flags": {"f1": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": if n.is_multiple_of(2) { "on" } else { "off" }}}});
+    let def_text = def.to_string();
+    let uname = format!("new-{}-{n}", role.as_str());
+    let r = match route {
+        "api POST /agents/enroll-tokens" => h.api_post(&tok, "/agents/enroll-tokens", json!({"environment": "dev", "service": "web"})).await,
+        "api POST /agents/{id}/revoke" => {
+            let id = h.new_agent(n).await;
+            h.api_post(&tok, &format!("/agents/{id}/revoke"), json!({"reason": "t"})).await
+        }
+        "api POST /flags/apply" => h.api_post(&tok, "/flags/apply", json!({"environment": "dev", "definition": def, "reason": "t"})).await,
+        "api POST /flags/{key}" => h.api_post(&tok, "/flags/f1", json!({"environment": "dev", "state": "DISABLED", "reason": "t"})).await,
+        "api POST /killswitches" => h.api_post(&tok, "/killswitches", json!({"name": format!("decl-{n}"), "description": "d"})).await,
+        "api POST /killswitches/{name}/kill" => h.api_post(&tok, "/killswitches/ks1/kill", json!({"environment": "dev", "reason": "t"})).await,
+        "api POST /killswitches/{name}/revive" => h.api_post(&tok, "/killswitches/ks1/revive", json!({"environment": "dev", "reason": "t"})).await,
+        "api POST /tokens" => h.api_post(&tok, "/tokens", json!({"name": uname, "role": "viewer"})).await,
+        "api POST /tokens/{id}/revoke" => {
+            let id = h.new_api_token(n).await;
+            h.api_post(&tok, &format!("/tokens/{id}/revoke"), json!({"reason": "t"})).await
+        }
+        "api POST /users" => h.api_post(&tok, "/users", json!({"name": uname, "role": "viewer"})).await,
+        "api POST /users/{name}/role" => h.api_post(&tok, "/users/u-viewer/role", json!({"role": "responder", "reason": "t"})).await,
+        "api POST /approvals/{id}/approve" => {
+            let id = h.pending_flag_request().await;
+            h.api_post(&tok, &format!("/approvals/{id}/approve"), json!({"reason": "ok"})).await
+        }
+        "api POST /approvals/{id}/reject" => {
+            let id = h.pending_flag_request().await;
+            h.api_post(&tok, &format!("/approvals/{id}/reject"), json!({"reason": "no"})).await
+        }
+        "api POST /approval-policy" => {
+            h.api_post(&tok, "/approval-policy", json!({"protected_environments": ["prod"], "grant_roles": true, "expire_after_ms": 86400000, "reason": "t"}))
+                .await
+        }
+        "api GET /audit/export" => h.api(&tok, reqwest::Method::GET, "/audit/export", None).await,
+        "api GET /tokens" => h.api(&tok, reqwest::Method::GET, "/tokens", None).await,
+        "console POST /console/agents/{id}/revoke" => {
+            let id = h.new_agent(n + 1000).await;
+            h.console_post(&s, &format!("/console/agents/{id}/revoke"), &[("reason", "t")]).await
+        }
+        "console POST /console/flags/set" => {
+            h.console_post(&s, "/console/flags/set", &[("env", "dev"), ("key", "f1"), ("state", "ENABLED"), ("default_variant", "on"), ("reason", "t")])
+                .await
+        }
+        "console POST /console/flags/preview" => {
+            h.console_post(&s, "/console/flags/preview", &[("env", "dev"), ("definition", &def_text), ("reason", "t")]).await
+        }
+        "console POST /console/flags/apply" => {
+            h.console_post(&s, "/console/flags/apply", &[("env", "dev"), ("definition", &def_text), ("reason", "t")]).await
+        }
+        "console POST /console/killswitches/kill" => {
+            h.console_post(&s, "/console/killswitches/kill", &[("env", "dev"), ("name", "ks1"), ("reason", "t")]).await
+        }
+        "console POST /console/killswitches/revive" => {
+            h.console_post(&s, "/console/killswitches/revive", &[("env", "dev"), ("name", "ks1"), ("reason", "t")]).await
+        }
+        "console POST /console/approvals/{id}/approve" => {
+            let id = h.pending_flag_request().await;
+            h.console_post(&s, &format!("/console/approvals/{id}/approve"), &[("reason", "ok")]).await
+        }
+        "console POST /console/approvals/{id}/reject" => {
+            let id = h.pending_flag_request().await;
+            h.console_post(&s, &format!("/console/approvals/{id}/reject"), &[("reason", "no")]).await
+        }
+        "console POST /console/users" => h.console_post(&s, "/console/users", &[("name", &format!("c{uname}")), ("role", "viewer")]).await,
+        "console POST /console/users/{name}/role" => {
+            h.console_post(&s, "/console/users/u-viewer/role", &[("role", "responder"), ("reason", "t")]).await
+        }
+        "console POST /console/tokens" => h.console_post(&s, "/console/tokens", &[("name", &format!("c{uname}")), ("role", "viewer")]).await,
+        "console POST /console/tokens/{id}/revoke" => {
+            let id = h.new_api_token(n + 1000).await;
+            h.console_post(&s, &format!("/console/tokens/{id}/revoke"), &[("reason", "t")]).await
+        }
+        "console POST /console/policy" => {
+            h.console_post(&s, "/console/policy", &[("protected_environments", "prod"), ("grant_roles", "on"), ("expire_after", "24h"), ("reason", "t")])
+                .await
+        }
+        "console GET /console/audit/export" => {
+            h.http
+                .get(format!("{}/console/audit/export?format=csv", h.base))
+                .header("cookie", format!("opsplane_session={}", s.cookie))
+                .send()
+                .await
+                .unwrap()
+        }
+        "console GET /console/killswitches/confirm" => {
+            h.http
+                .get(format!("{}/console/killswitches/confirm?env=dev&name=ks1&action=kill", h.base))
+                .header("cookie", format!("opsplane_session={}", s.cookie))
+                .send()
+                .await
+                .unwrap()
+        }
+        other => panic!("no request for {other}"),
+    };
+    r.status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mutating_route_with_every_role() {
+    let h = Harness::start(15 * 60 * 1000).await;
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for (route, needed) in ROUTES {
+        for role in Role::ALL {
+            n += 1;
+            let status = call(&h, route, role, n).await;
+            let allowed = role.allows(*needed);
+            let ok = if allowed {
+                matches!(
+                    status,
+                    StatusCode::OK | StatusCode::ACCEPTED | StatusCode::SEE_OTHER
+                )
+            } else {
+                status == StatusCode::FORBIDDEN
+            };
+            if !ok {
+                failures.push(format!(
+                    "{route} as {}: got {status}, expected {}",
+                    role.as_str(),
+                    if allowed { "200/202/303" } else { "403" }
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "role matrix failures:\n{}",
+        failures.join("\n")
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csrf_and_cross_site_posts_are_refused() {
+    let h = Harness::start(15 * 60 * 1000).await;
+    let s = h.sessions[&Role::Admin].clone();
+    let kill = |fields: Vec<(&'static str, String)>, site: Option<&'static str>| {
+        let mut req = h
+            .http
+            .post(format!("{}/console/killswitches/kill", h.base))
+            .header("cookie", format!("opsplane_session={}", s.cookie))
+            .form(&fields);
+        if let Some(site) = site {
+            req = req.header("sec-fetch-site", site);
+        }
+        req.send()
+    };
+    let base = vec![
+        ("env", "dev".to_string()),
+        ("name", "ks1".to_string()),
+        ("reason", "t".to_string()),
+    ];
+    // no token
+    assert_eq!(
+        kill(base.clone(), None).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    // a wrong token (another user's)
+    let mut wrong = base.clone();
+    wrong.push(("csrf", h.sessions[&Role::Viewer].csrf.clone()));
+    assert_eq!(
+        kill(wrong, None).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    // the right token from another site
+    let mut right = base.clone();
+    right.push(("csrf", s.csrf.clone()));
+    assert_eq!(
+        kill(right.clone(), Some("cross-site"))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    // nothing was killed so far
+    let killed = h
+        .ctx()
+        .store
+        .read(|c| store::flags::latest(c, "dev"))
+        .await
+        .unwrap()
+        .unwrap()
+        .killswitches;
+    assert!(killed.iter().all(|k| !k.killed));
+    // the right token from the console itself works
+    assert_eq!(
+        kill(right, Some("same-origin")).await.unwrap().status(),
+        StatusCode::SEE_OTHER
+    );
+    // no session at all: sent to the login page, nothing done
+    let r = h
+        .http
+        .post(format!("{}/console/killswitches/revive", h.base))
+        .form(&base)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert!(r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .starts_with("/console/login"));
+    // security headers and cookie flags
+    let r = h.login_raw("u-viewer", PASSWORD).await;
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("frame-ancestors 'none'")
+            && csp.contains("script-src 'self'")
+            && !csp.contains("unsafe-inline")
+    );
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert!(r.headers().contains_key("referrer-policy"));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_renew_end_and_throttle() {
+    let h = Harness::start(15 * 60 * 1000).await;
+    // a new id at every login
+    let a = h.login("u-operator", PASSWORD).await.unwrap();
+    let b = h.login("u-operator", PASSWORD).await.unwrap();
+    assert_ne!(a.cookie, b.cookie);
+    // only the hash is stored
+    let raw = a.cookie.clone();
+    let stored = h
+        .ctx()
+        .store
+        .read(move |c| store::sessions::lookup(c, &raw))
+        .await
+        .unwrap();
+    assert!(stored.is_none(), "session ids must be stored hashed");
+
+    // role change: the next request renews the id, the old one stops working
+    let st = h.ctx().store.clone();
+    st.write(|tx| {
+        store::users::set_role(
+            tx,
+            &Actor::system("system:test"),
+            "u-operator",
+            Role::Responder,
+            "t",
+        )
+        .map(|_| ())
+    })
+    .await
+    .unwrap();
+    let r = h
+        .http
+        .get(format!("{}/console/agents", h.base))
+        .header("cookie", format!("opsplane_session={}", a.cookie))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let renewed = set_cookie(&r).expect("a renewed session cookie");
+    assert_ne!(renewed, a.cookie);
+    assert_eq!(
+        h.get_page(&a.cookie, "/console/agents").await.0,
+        StatusCode::SEE_OTHER
+    );
+    let (status, page) = h.get_page(&renewed, "/console/agents").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        page.contains("role-responder"),
+        "the page shows the new role"
+    );
+
+    // logout ends the session on the server
+    let r = h.console_post(&b, "/console/logout", &[]).await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        h.get_page(&b.cookie, "/console/").await.0,
+        StatusCode::SEE_OTHER
+    );
+
+    // throttling: five failures lock the account, even for the right password
+    for _ in 0..5 {
+        assert_eq!(
+            h.login_raw("u-viewer", "wrong password!").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let r = h.login_raw("u-viewer", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("Too many failed sign-in attempts for this account"));
+    // another account from the same address is still fine (address limit is higher)
+    assert!(h.login("u-admin", PASSWORD).await.is_some());
+
+    // logins, failures and logouts are audited with address and user agent
+    let entries = h
+        .ctx()
+        .store
+        .read(|c| store::audit::list(c, &store::audit::Filter::default()))
+        .await
+        .unwrap();
+    let find = |action: &str| {
+        entries
+            .iter()
+            .find(|e| e.action == action)
+            .unwrap_or_else(|| panic!("no {action} entry"))
+    };
+    for action in ["auth.login", "auth.login_failed", "auth.logout"] {
+        let e = find(action);
+        assert_eq!(e.source, "127.0.0.1", "{action}");
+        assert_eq!(e.user_agent, "console-security-test", "{action}");
+    }
+    assert!(h.ctx().store.read(store::audit::verify).await.unwrap().ok);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_time_out() {
+    let h = Harness::start(1_000).await;
+    let s = h.sessions[&Role::Viewer].clone();
+    tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
+    let (status, _) = h.get_page(&s.cookie, "/console/").await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "an idle session must end");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_eyes() {
+    let h = Harness::start(15 * 60 * 1000).await;
+    let id = h.pending_flag_request().await;
+    // the flag did not change yet
+    let state = |h: &Harness| {
+        let st = h.ctx().store.clone();
+        async move {
+            st.read(|c| store::flags::latest(c, "prod"))
+                .await
+                .unwrap()
+                .unwrap()
+                .flags["flags"]["f1"]["state"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(state(&h).await, "ENABLED");
+    // the requester (an admin) cannot approve it, by token or in the console
+    let r = h
+        .api_post(
+            &h.admin_token,
+            &format!("/approvals/{id}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // a token the requester minted counts as the requester
+    let st = h.ctx().store.clone();
+    let minted = st
+        .write(|tx| {
+            let a = Actor {
+                name: "admin".into(),
+                role: Role::Admin,
+                source: "t".into(),
+                user_agent: "t".into(),
+            };
+            Ok(store::tokens::create_api_token(tx, &a, "sneaky", Role::Admin, None, "")?.1)
+        })
+        .await
+        .unwrap();
+    let r = h
+        .api_post(&minted, &format!("/approvals/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "a token minted by the requester must not approve"
+    );
+    // a responder may not approve a flag change
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Responder],
+            &format!("/approvals/{id}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(state(&h).await, "ENABLED");
+    // an operator approves: the change applies at once
+    let r = h
+        .console_post(
+            &h.sessions[&Role::Operator],
+            &format!("/console/approvals/{id}/approve"),
+            &[("reason", "looks right")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    assert_eq!(state(&h).await, "DISABLED");
+    // many approvers at once: the change applies exactly once
+    let id3 = h.pending_flag_request().await;
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        for r in [Role::Operator, Role::Admin] {
+            let (http, base, tok, id3) = (
+                h.http.clone(),
+                h.base.clone(),
+                h.tokens[&r].clone(),
+                id3.clone(),
+            );
+            calls.push(tokio::spawn(async move {
+                http.post(format!("{base}/api/v1/approvals/{id3}/approve"))
+                    .bearer_auth(tok)
+                    .json(&json!({}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+            }));
+        }
+    }
+    let mut oks = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            StatusCode::OK => oks += 1,
+            StatusCode::CONFLICT => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(oks, 1, "exactly one approval applies the change");
+    assert_eq!(state(&h).await, "ENABLED");
+    let entries = h
+        .ctx()
+        .store
+        .read(|c| store::audit::list(c, &store::audit::Filter::default()))
+        .await
+        .unwrap();
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.action == "approval.approve" && e.target == format!("approval:{id3}"))
+            .count(),
+        1
+    );
+
+    // a requester demoted since asking cannot get the change through
+    let sess = h.sessions[&Role::Operator].clone();
+    let r = h
+        .console_post(
+            &sess,
+            "/console/flags/set",
+            &[
+                ("env", "prod"),
+                ("key", "f1"),
+                ("state", "DISABLED"),
+                ("default_variant", "on"),
+                ("reason", "t"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let demoted = h
+        .ctx()
+        .store
+        .read(|c| store::approvals::list(c, Some("pending"), 10))
+        .await
+        .unwrap();
+    let demoted = demoted
+        .iter()
+        .find(|a| a.requested_by == "u-operator")
+        .unwrap()
+        .id
+        .clone();
+    h.ctx()
+        .store
+        .write(|tx| {
+            store::users::set_role(
+                tx,
+                &Actor::system("system:test"),
+                "u-operator",
+                Role::Viewer,
+                "t",
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Admin],
+            &format!("/approvals/{demoted}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert_eq!(state(&h).await, "ENABLED");
+    h.ctx()
+        .store
+        .write(|tx| {
+            store::users::set_role(
+                tx,
+                &Actor::system("system:test"),
+                "u-operator",
+                Role::Operator,
+                "t",
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let r = h
+        .api_post(
+            &h.admin_token,
+            &format!("/approvals/{demoted}/reject"),
+            json!({"reason": "stale"}),
+        )
+        .await;
+    let status = r.status();
+    assert_eq!(status, StatusCode::OK, "{}", r.text().await.unwrap());
+
+    // approving twice does nothing more
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Admin],
+            &format!("/approvals/{id}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    // audited: request, the change (by the requester, naming the approver), approval
+    let entries = h
+        .ctx()
+        .store
+        .read(|c| store::audit::list(c, &store::audit::Filter::default()))
+        .await
+        .unwrap();
+    let target = format!("approval:{id}");
+    assert!(entries
+        .iter()
+        .any(|e| e.action == "approval.request" && e.target == target && e.actor == "admin"));
+    assert!(entries
+        .iter()
+        .any(|e| e.action == "approval.approve" && e.target == target && e.actor == "u-operator"));
+    assert!(entries.iter().any(|e| e.action == "flags.set"
+        && e.actor == "admin"
+        && e.reason.contains("approved by u-operator")));
+
+    // the console requester sees no approve button on their own request
+    let id2 = {
+        let s = &h.sessions[&Role::Operator];
+        let r = h
+            .console_post(
+                s,
+                "/console/flags/set",
+                &[
+                    ("env", "prod"),
+                    ("key", "f1"),
+                    ("state", "DISABLED"),
+                    ("default_variant", "on"),
+                    ("reason", "t"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        let list = h
+            .ctx()
+            .store
+            .read(|c| store::approvals::list(c, Some("pending"), 10))
+            .await
+            .unwrap();
+        list.iter()
+            .find(|a| a.requested_by == "u-operator")
+            .unwrap()
+            .id
+            .clone()
+    };
+    let (_, page) = h
+        .get_page(&h.sessions[&Role::Operator].cookie, "/console/approvals")
+        .await;
+    let card = &page[page.find(&format!("approval-{id2}")).unwrap()..];
+    let card = &card[..card.find("</table>").unwrap_or(card.len())];
+    assert!(
+        !card.contains("/approve\""),
+        "no approve form on one's own request"
+    );
+    let r = h
+        .console_post(
+            &h.sessions[&Role::Operator],
+            &format!("/console/approvals/{id2}/approve"),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // expiry is audited and ends the request
+    let st = h.ctx().store.clone();
+    let n = st
+        .write(|tx| {
+            store::approvals::expire_due(
+                tx,
+                &Actor::system("system:approvals"),
+                common::time::now_ms() + 2 * 86_400_000,
+            )
+        })
+        .await
+        .unwrap();
+    assert!(n >= 1);
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Admin],
+            &format!("/approvals/{id2}/approve"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    let entries = h
+        .ctx()
+        .store
+        .read(|c| store::audit::list(c, &store::audit::Filter::default()))
+        .await
+        .unwrap();
+    assert!(entries
+        .iter()
+        .any(|e| e.action == "approval.expire" && e.target == format!("approval:{id2}")));
+
+    // emergency actions never wait, even in a protected environment
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Responder],
+            "/killswitches/ks1/kill",
+            json!({"environment": "prod", "reason": "fire"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // granting a role waits too, and the diff names the role
+    let r = h
+        .api_post(
+            &h.admin_token,
+            "/users/u-viewer/role",
+            json!({"role": "admin", "reason": "t"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["approval"]["diff"][0]["after"], "admin");
+
+    // switching the protection off waits for a second admin too
+    let r = h
+        .api_post(&h.admin_token, "/approval-policy", json!({"protected_environments": [], "grant_roles": true, "expire_after_ms": 86400000, "reason": "t"}))
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::ACCEPTED,
+        "weakening the policy needs a second admin"
+    );
+    let p: Value = h
+        .api(
+            &h.admin_token,
+            reqwest::Method::GET,
+            "/approval-policy",
+            None,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["protected_environments"], json!(["prod"]));
+    h.stop().await;
+}
+
+#[test]
+fn admin_listener_refuses_non_loopback_without_the_explicit_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(
+        &f,
+        "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"0.0.0.0:7602\"\n",
+    )
+    .unwrap();
+    let e = Settings::load(&f).unwrap_err().to_string();
+    assert!(
+        e.contains("admin.listen") && e.contains("allow_insecure_remote"),
+        "{e}"
+    );
+    std::fs::write(
+        &f,
+        "data_dir = \"/tmp/x\"\n[admin]\nlisten = \"0.0.0.0:7602\"\nallow_insecure_remote = true\n",
+    )
+    .unwrap();
+    assert!(Settings::load(&f).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_cookie_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    collector::init::init(dir.path()).unwrap();
+    let mut s = settings(dir.path(), 60_000);
+    s.admin.secure_cookie = true;
+    let running = collector::start(s).await.unwrap();
+    let hash = collector::auth::hash_password(PASSWORD).unwrap();
+    running
+        .ctx
+        .store
+        .write(move |tx| {
+            store::users::add(tx, &Actor::system("t"), "alice", Role::Viewer, &hash, "").map(|_| ())
+        })
+        .await
+        .unwrap();
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("http://{}/console/login", running.admin_addr))
+        .form(&[("username", "alice"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("; Secure")
+            && cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    running.shutdown.cancel();
+    running.wait().await.unwrap();
+}
+
+/// The role matrix above must name every POST route the routers declare, so
+/// a new mutating route cannot go untested.
+#[test]
+fn role_matrix_covers_every_post_route() {
+    let src = |f: &str| {
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(f)).unwrap()
+    };
+    let mut declared = Vec::new();
+    for (file, prefix, kind) in [
+        ("src/admin.rs", "", "api"),
+        ("src/console/pages.rs", "", "console"),
+        ("src/console/login.rs", "", "console"),
+    ] {
+        for line in src(file).lines() {
+            let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+                continue;
+            };
+            let path = &rest[..rest.find('"').unwrap()];
+            if line.contains("post(") {
+                declared.push(format!("{kind} POST {prefix}{path}"));
+            }
+        }
+    }
+    // sign-in and sign-out are open to everyone (tested in sessions_renew_end_and_throttle)
+    let exempt = [
+        "console POST /console/login",
+        "console POST /console/logout",
+    ];
+    let missing: Vec<&String> = declared
+        .iter()
+        .filter(|d| !exempt.contains(&d.as_str()) && !ROUTES.iter().any(|(r, _)| r == d))
+        .collect();
+    assert!(
+        declared.len() > 20,
+        "route scan found too little: {declared:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "POST routes missing from the role matrix: {missing:?}"
+    );
+}
