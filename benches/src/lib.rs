@@ -230,11 +230,7 @@ pub fn data_set(n: usize) -> DataSet {
 /// targeting key, an email that matches the `ends_with` rule half the time
 /// and one of four countries.
 pub fn user(u: usize) -> (String, String, &'static str) {
-    let domain = if u % 2 == 0 {
-        "example.com"
-    } else {
-        "other.org"
-    };
+    let domain = ["example.com", "other.org"][u % 2];
     (
         format!("user-{u}"),
         format!("user-{u}@{domain}"),
