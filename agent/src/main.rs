@@ -53,8 +53,12 @@ fn main() -> ExitCode {
         println!("{}: ok", file.display());
         return ExitCode::SUCCESS;
     }
+    // At most 2 workers, and never more than the CPUs this process may run on
+    // (affinity and cgroup quota): two workers time-sliced on one core add
+    // scheduler delay to the tail latency and a thread's worth of memory.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {

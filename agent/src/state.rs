@@ -38,9 +38,23 @@ pub struct Snapshot {
     /// When this snapshot was received from its source (ms since the epoch).
     pub received_ms: i64,
     pub flags: FlagSet,
+    /// The revision as received, except `flags`, which is left `Null`: the
+    /// compiled set keeps the definition, and one copy of a large definition
+    /// is enough (use [`Snapshot::full_doc`] for the whole document).
     pub doc: Revision,
     /// Switches killed for this agent's service.
     pub killed: Arc<BTreeSet<String>>,
+}
+
+impl Snapshot {
+    /// The revision document as received, definitions included (for the
+    /// on-disk copy and for re-applying).
+    pub fn full_doc(&self) -> Revision {
+        Revision {
+            flags: self.flags.definition().clone(),
+            ..self.doc.clone()
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -120,7 +134,9 @@ impl Shared {
         source: Source,
         received_ms: i64,
     ) -> Result<Arc<Snapshot>, Rejected> {
-        let flags = FlagSet::from_value(&rev.flags).map_err(|e| {
+        // the compiled set takes the definition over (kept once, not twice)
+        let mut rev = rev;
+        let flags = FlagSet::from_owned(std::mem::take(&mut rev.flags)).map_err(|e| {
             Metrics::inc(&self.metrics.revisions_rejected);
             Rejected {
                 revision: rev.revision,

@@ -322,7 +322,7 @@ async fn stream_once(
 fn confirm_cached(shared: &Shared, latest: u64, now: i64) {
     let snap = shared.snapshot.load_full();
     if let Some(s) = snap.filter(|s| s.source == Source::Cache && s.revision == latest) {
-        if let Err(e) = shared.apply(s.doc.clone(), Source::Collector, now) {
+        if let Err(e) = shared.apply(s.full_doc(), Source::Collector, now) {
             tracing::warn!(error = %e, "cannot confirm the cached snapshot");
         }
     }
@@ -345,7 +345,7 @@ async fn persist_and_ack(
             continue;
         };
         let stored = StoredSnapshot {
-            revision: snap.doc.clone(),
+            revision: snap.full_doc(),
             received_ms: snap.received_ms,
         };
         let p = path.clone();

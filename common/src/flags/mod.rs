@@ -380,6 +380,12 @@ impl FlagSet {
         Self::compile(v.clone())
     }
 
+    /// Compiles an already parsed definition it takes over (no copy: a
+    /// 350-flag definition is about 1 MB as a `Value`).
+    pub fn from_owned(v: Value) -> Result<FlagSet, DefinitionError> {
+        Self::compile(v)
+    }
+
     fn compile(definition: Value) -> Result<FlagSet, DefinitionError> {
         let mut problems = Vec::new();
         let Value::Object(top) = &definition else {
