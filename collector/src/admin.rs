@@ -690,26 +690,7 @@ async fn audit_export(
             )))
         }
     };
-    let body = ctx
-        .store
-        .read(move |c| {
-            let mut out = String::new();
-            if csv {
-                out.push_str(audit::CSV_HEADER);
-                out.push('\n');
-            }
-            audit::for_each(c, |e| {
-                if csv {
-                    out.push_str(&audit::csv_row(&e));
-                } else {
-                    out.push_str(&serde_json::to_string(&e)?);
-                }
-                out.push('\n');
-                Ok(())
-            })?;
-            Ok(out)
-        })
-        .await?;
+    let body = ctx.store.read(move |c| audit::export(c, csv)).await?;
     Ok(([(header::CONTENT_TYPE, ctype)], body).into_response())
 }
 

@@ -314,6 +314,25 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport> {
     })
 }
 
+/// The whole log in chain order, as JSON lines or CSV (with a header).
+pub fn export(conn: &Connection, csv: bool) -> Result<String> {
+    let mut out = String::new();
+    if csv {
+        out.push_str(CSV_HEADER);
+        out.push('\n');
+    }
+    for_each(conn, |e| {
+        if csv {
+            out.push_str(&csv_row(&e));
+        } else {
+            out.push_str(&serde_json::to_string(&e)?);
+        }
+        out.push('\n');
+        Ok(())
+    })?;
+    Ok(out)
+}
+
 /// CSV header and row for `audit export --format csv`.
 pub const CSV_HEADER: &str =
     "seq,time,actor,role,source,user_agent,action,target,reason,diff,prev_hash,hash";
