@@ -9,7 +9,7 @@ ROOT=$(pwd)
 DATA="$ROOT/demo-data"
 
 echo "==> building (release)"
-cargo build --release --locked --bins -q
+cargo build --release --locked -q -p agent -p collector
 BIN="$ROOT/target/release"
 command -v python3 >/dev/null || { echo "python3 is needed for the sample app (apt-get install python3)"; exit 2; }
 
