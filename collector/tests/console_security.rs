@@ -30,7 +30,7 @@ struct Sess {
     csrf: String,
 }
 
-fn settings(dir: &std::path::Path, idle_ms: i64) -> Settings {
+fn settings(dir: &std::path::Path, idle_ms: i64, absolute_ms: i64) -> Settings {
     Settings {
         data_dir: dir.to_path_buf(),
         ingest_listen: "127.0.0.1:0".parse().unwrap(),
@@ -41,7 +41,7 @@ fn settings(dir: &std::path::Path, idle_ms: i64) -> Settings {
             allow_insecure_remote: false,
             secure_cookie: false,
             session_idle_timeout_ms: idle_ms,
-            session_absolute_timeout_ms: 8 * 3600 * 1000,
+            session_absolute_timeout_ms: absolute_ms,
         },
         approvals: Policy {
             protected_environments: vec!["prod".into()],
@@ -57,9 +57,13 @@ fn user_name(r: Role) -> String {
 
 impl Harness {
     async fn start(idle_ms: i64) -> Harness {
+        Self::start_with(idle_ms, 8 * 3600 * 1000).await
+    }
+
+    async fn start_with(idle_ms: i64, absolute_ms: i64) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let init = collector::init::init(dir.path()).unwrap();
-        let running = collector::start(settings(dir.path(), idle_ms))
+        let running = collector::start(settings(dir.path(), idle_ms, absolute_ms))
             .await
             .unwrap();
         let base = format!("http://{}", running.admin_addr);
@@ -659,6 +663,38 @@ async fn idle_sessions_time_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_sessions_still_end_at_the_absolute_timeout() {
+    let h = Harness::start_with(60_000, 3_000).await;
+    // a fresh session: the harness's own were created a while ago
+    let s = h
+        .login(&user_name(Role::Viewer), PASSWORD)
+        .await
+        .expect("login");
+    // busy the whole time: every request counts as activity for the idle timer
+    let started = std::time::Instant::now();
+    let mut last = StatusCode::OK;
+    while started.elapsed() < std::time::Duration::from_millis(1_500) {
+        last = h.get_page(&s.cookie, "/console/agents").await.0;
+        assert_eq!(
+            last,
+            StatusCode::OK,
+            "the session is valid before its absolute timeout"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // past the absolute timeout, measured from before the login finished
+    tokio::time::sleep(std::time::Duration::from_millis(3_200).saturating_sub(started.elapsed()))
+        .await;
+    let (status, _) = h.get_page(&s.cookie, "/console/agents").await;
+    assert_eq!(
+        (last, status),
+        (StatusCode::OK, StatusCode::SEE_OTHER),
+        "an active session must end at the absolute timeout"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_eyes() {
     let h = Harness::start(15 * 60 * 1000).await;
     let id = h.pending_flag_request().await;
@@ -1026,7 +1062,7 @@ fn admin_listener_refuses_non_loopback_without_the_explicit_key() {
 async fn secure_cookie_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     collector::init::init(dir.path()).unwrap();
-    let mut s = settings(dir.path(), 60_000);
+    let mut s = settings(dir.path(), 60_000, 8 * 3600 * 1000);
     s.admin.secure_cookie = true;
     let running = collector::start(s).await.unwrap();
     let hash = collector::auth::hash_password(PASSWORD).unwrap();
