@@ -165,13 +165,13 @@ async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
         .await?;
     let password = form.password;
     let (role, ok) = {
-        let hash = creds
-            .as_ref()
-            .map(|c| c.1.clone())
-            .unwrap_or_else(|| dummy_hash().to_string());
-        let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .unwrap_or(false);
+        let stored = creds.as_ref().map(|c| c.1.clone());
+        // hashing (even the dummy's first computation) stays off the runtime
+        let ok = tokio::task::spawn_blocking(move || {
+            verify_password(&password, stored.as_deref().unwrap_or_else(|| dummy_hash()))
+        })
+        .await
+        .unwrap_or(false);
         (creds.map(|c| c.0), ok)
     };
     let Some(role) = role.filter(|_| ok) else {
