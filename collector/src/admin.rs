@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use common::flags::FlagSet;
-use common::wire::Revision;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -248,11 +247,7 @@ async fn agent_revoke(
     Json(r): Json<ReasonReq>,
 ) -> ApiResult<Response> {
     let actor = caller.require(Role::Operator)?.clone();
-    let id2 = id.clone();
-    ctx.store
-        .write(move |tx| store::agents::revoke(tx, &actor, &id2, &r.reason))
-        .await?;
-    ctx.hub.revoke(&id);
+    crate::actions::revoke_agent(&ctx, actor, id.clone(), r.reason).await?;
     Ok(ok(&json!({"id": id, "revoked": true})))
 }
 
@@ -372,12 +367,6 @@ fn submitted(out: approvals::Submitted, extra: Value) -> ApiResult<Response> {
 
 fn change_view(c: FlagChange) -> Value {
     json!({"revision": c.revision, "changed": c.changed, "diff": c.diff, "diff_text": common::diff::render(&c.diff)})
-}
-
-fn publish(ctx: &Ctx, rev: Option<Revision>) {
-    if let Some(rev) = rev {
-        ctx.hub.publish(&rev);
-    }
 }
 
 #[derive(Deserialize)]
@@ -606,21 +595,16 @@ async fn set_kill(
 ) -> ApiResult<Response> {
     let actor = caller.require(Role::Responder)?.clone();
     require_reason(&r.reason)?;
-    let (outcome, rev) = ctx
-        .store
-        .write(move |tx| {
-            store::killswitches::set_state(
-                tx,
-                &actor,
-                &r.environment,
-                r.service.as_deref(),
-                &name,
-                killed,
-                &r.reason,
-            )
-        })
-        .await?;
-    publish(&ctx, rev);
+    let outcome = crate::actions::set_kill(
+        &ctx,
+        actor,
+        r.environment,
+        r.service,
+        name,
+        killed,
+        r.reason,
+    )
+    .await?;
     Ok(ok(&outcome))
 }
 

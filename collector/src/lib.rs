@@ -2,6 +2,7 @@
 //! `opsctl`) are thin, and tests start a collector in-process with [`start`].
 #![forbid(unsafe_code)]
 
+pub mod actions;
 pub mod admin;
 pub mod api;
 pub mod approvals;

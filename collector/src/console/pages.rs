@@ -361,11 +361,7 @@ async fn agent_revoke(
 ) -> PageResult {
     let actor = s.require(Role::Operator)?.clone();
     require_reason(&f.reason)?;
-    let id2 = id.clone();
-    ctx.store
-        .write(move |tx| store::agents::revoke(tx, &actor, &id2, &f.reason))
-        .await?;
-    ctx.hub.revoke(&id);
+    crate::actions::revoke_agent(&ctx, actor, id.clone(), f.reason).await?;
     Ok(see_other(&format!(
         "/console/agents?done=revoked&name={}",
         enc(&id)
@@ -870,23 +866,8 @@ async fn set_kill(
     require_reason(&f.reason)?;
     let (env, name) = (f.env.clone(), f.name.clone());
     let service = f.service.filter(|x| !x.is_empty());
-    let (outcome, rev) = ctx
-        .store
-        .write(move |tx| {
-            store::killswitches::set_state(
-                tx,
-                &actor,
-                &f.env,
-                service.as_deref(),
-                &f.name,
-                killed,
-                &f.reason,
-            )
-        })
-        .await?;
-    if let Some(rev) = rev {
-        ctx.hub.publish(&rev);
-    }
+    let outcome =
+        crate::actions::set_kill(&ctx, actor, f.env, service, f.name, killed, f.reason).await?;
     let done = if !outcome.changed {
         "unchanged"
     } else if killed {
