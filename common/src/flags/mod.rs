@@ -109,6 +109,9 @@ pub struct FlagSet {
     /// Sorted by key.
     flags: Vec<Flag>,
     metadata: Map<String, Value>,
+    /// Problems flagd would load anyway (answered at evaluation time), each
+    /// naming the flag and the problem.
+    warnings: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -358,6 +361,7 @@ impl FlagSet {
             definition: serde_json::json!({ "flags": {} }),
             flags: Vec::new(),
             metadata: Map::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -452,12 +456,21 @@ impl FlagSet {
             definition,
             flags,
             metadata,
+            warnings: Vec::new(),
         })
     }
 
     /// The source definition as given.
     pub fn definition(&self) -> &Value {
         &self.definition
+    }
+
+    /// Problems that flagd would load anyway and answer at evaluation time
+    /// (unknown operator, wrong argument count, `$ref` to nothing, ...): the
+    /// set is served, but `opsctl flags apply` and the console refuse it
+    /// unless told to accept warnings.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     /// The set-level metadata.
