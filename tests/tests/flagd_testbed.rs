@@ -202,6 +202,9 @@ fn deep_merge(dst: &mut Map<String, Value>, src: Map<String, Value>) {
 /// with that reason).
 type AgentSlot = Result<Agent, String>;
 
+/// How a failure for want of an agent starts.
+const NO_AGENT: &str = "no agent serves";
+
 /// The agents of one run, one per source, started on first use.
 struct Agents {
     run: Bucketing,
@@ -230,9 +233,7 @@ impl Agents {
         }
         match &self.started[&source] {
             Ok(a) => Ok(a),
-            Err(_) => Err(format!(
-                "no agent serves {source:?} in this run (its problem is listed above)"
-            )),
+            Err(_) => Err(format!("{NO_AGENT} {source:?} in this run")),
         }
     }
 
@@ -1158,8 +1159,21 @@ fn check(run: Bucketing, report: &Report) {
     for p in &report.agent_problems {
         let _ = writeln!(s, "   AGENT PROBLEM {p}");
     }
-    for (name, e) in &report.failed {
+    // Scenarios that failed only because their agent could not start are
+    // counted, not listed one by one: the agent problem above says it all.
+    let (no_agent, failed): (Vec<_>, Vec<_>) = report
+        .failed
+        .iter()
+        .partition(|(_, e)| e.contains(NO_AGENT));
+    for (name, e) in failed {
         let _ = writeln!(s, "   FAILED {name}\n      {e}");
+    }
+    if let Some((first, _)) = no_agent.first() {
+        let _ = writeln!(
+            s,
+            "   FAILED {} scenarios for want of an agent (see AGENT PROBLEM), the first: {first}",
+            no_agent.len()
+        );
     }
     let _ = std::io::stderr().write_all(s.as_bytes());
     assert!(
