@@ -130,15 +130,17 @@ impl Source {
         }
     }
 
-    /// The flag definitions this source serves.
-    fn definitions(self) -> Result<Value, String> {
-        let read = |rel: &str| -> Result<Value, String> {
+    /// The flag file this source serves: the upstream file byte for byte
+    /// (the `$ref` whitespace cases live in its raw text), or the merge.
+    fn flag_file_text(self) -> Result<String, String> {
+        let read = |rel: &str| -> Result<String, String> {
             let p = testbed_dir().join(rel);
-            let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", p.display()))
+            std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
         };
         match self {
-            Source::AllFlags => all_flags(),
+            Source::AllFlags => {
+                all_flags().map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+            }
             Source::SelectorFlags => read("flags/selector-flags.json"),
             Source::CombinedMetadata => read("flags/selector-flag-combined-metadata.json"),
             Source::Evaluator => read("evaluator/flags/testkit-flags.json"),
@@ -256,8 +258,7 @@ fn start_agent(run: Bucketing, root: &Path, source: Source) -> AgentSlot {
     let dir = root.join(format!("{source:?}").to_lowercase());
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let flags = dir.join("flags.json");
-    let defs = source.definitions()?;
-    std::fs::write(&flags, serde_json::to_vec_pretty(&defs).unwrap_or_default())
+    std::fs::write(&flags, source.flag_file_text()?)
         .map_err(|e| format!("{}: {e}", flags.display()))?;
     let port = free_port();
     let config = dir.join("agent.toml");
