@@ -1092,6 +1092,8 @@ fn run_case(case: &Case, agents: &mut Agents) -> Outcome {
 struct Report {
     agent_problems: Vec<String>,
     passed: usize,
+    /// Passed scenarios per feature file.
+    passed_by_file: BTreeMap<String, usize>,
     failed: Vec<(String, String)>,
     skipped: BTreeMap<String, usize>,
 }
@@ -1102,6 +1104,7 @@ fn run_suite(run: Bucketing) -> Report {
     let mut report = Report {
         agent_problems: Vec::new(),
         passed: 0,
+        passed_by_file: BTreeMap::new(),
         failed: Vec::new(),
         skipped: BTreeMap::new(),
     };
@@ -1125,7 +1128,10 @@ fn run_suite(run: Bucketing) -> Report {
                 None => run_case(&case, &mut agents),
             };
             match outcome {
-                Outcome::Passed => report.passed += 1,
+                Outcome::Passed => {
+                    report.passed += 1;
+                    *report.passed_by_file.entry(case.file.clone()).or_default() += 1;
+                }
                 Outcome::Failed(e) => report
                     .failed
                     .push((format!("{}:{} {}", case.file, case.line, case.name), e)),
@@ -1154,6 +1160,12 @@ fn check(run: Bucketing, report: &Report) {
         report.failed.len(),
         skipped
     );
+    let by_file: Vec<String> = report
+        .passed_by_file
+        .iter()
+        .map(|(f, n)| format!("{f} {n}"))
+        .collect();
+    let _ = writeln!(s, "   passed per feature: {}", by_file.join(", "));
     for (why, n) in &report.skipped {
         let _ = writeln!(s, "   skipped {n:>3}  {why}");
     }
