@@ -3,10 +3,12 @@
 //! Semantics follow `json-logic-engine` 5.x in compiled mode, the engine that
 //! `@openfeature/flagd-core` runs, plus flagd's four custom operators.
 
+use super::cbor;
 use super::jsval::{
     append_js_string, js_cmp, loose_eq, strict_eq, strict_eq_value, to_js_string, Val,
 };
 use super::murmur::murmur3_32;
+use super::Bucketing;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
@@ -141,6 +143,7 @@ pub(crate) struct Fractional {
     /// The bucketing expression; `None` means `flagKey + targetingKey`.
     by: Option<Node>,
     buckets: Buckets,
+    bucketing: Bucketing,
 }
 
 #[derive(Debug)]
@@ -201,6 +204,8 @@ pub(crate) struct Compiler<'d> {
     pub evaluators: Option<&'d Map<String, Value>>,
     /// Variant names of the flag being compiled (checks literal fractional buckets).
     pub variants: Option<Vec<&'d str>>,
+    /// How `fractional` hashes.
+    pub bucketing: Bucketing,
     /// Problems that refuse the whole definition (our limits).
     pub fatal: Vec<String>,
     /// Problems flagd loads but cannot run: the flag answers `PARSE_ERROR`.
@@ -221,6 +226,7 @@ impl<'d> Compiler<'d> {
         Compiler {
             evaluators,
             variants: None,
+            bucketing: Bucketing::V2,
             fatal: Vec::new(),
             parse_errors: Vec::new(),
             warnings: Vec::new(),
@@ -583,6 +589,7 @@ impl<'d> Compiler<'d> {
                 return Node::Fractional(Box::new(Fractional {
                     by: None,
                     buckets: Buckets::Spread(self.node(arg, d + 1)),
+                    bucketing: self.bucketing,
                 }))
             }
             _ => {
@@ -607,6 +614,7 @@ impl<'d> Compiler<'d> {
             return Node::Fractional(Box::new(Fractional {
                 by,
                 buckets: Buckets::Dynamic(nodes),
+                bucketing: self.bucketing,
             }));
         }
         // Literal buckets: checked once here. flagd loads a bad bucket and
@@ -658,7 +666,11 @@ impl<'d> Compiler<'d> {
         } else {
             Buckets::Static(entries, total)
         };
-        Node::Fractional(Box::new(Fractional { by, buckets }))
+        Node::Fractional(Box::new(Fractional {
+            by,
+            buckets,
+            bucketing: self.bucketing,
+        }))
     }
 
     /// Pre-evaluates an operation whose arguments are all constants.
@@ -1551,11 +1563,22 @@ fn pick<'v, I: Iterator<Item = (Val<'v>, u64)>>(hash: u32, total: u64, entries: 
     Val::Null
 }
 
-fn hash_for(by: Option<&Val<'_>>, env: &Env<'_>) -> Option<u32> {
-    match by {
-        Some(Val::Str(s)) => Some(murmur3_32(&[s.as_bytes()], 0)),
-        Some(_) => None,
-        None => {
+/// The hash a `fractional` buckets by, from its first argument's value
+/// (`None`: there is none, use the targeting key), or `None` when it gives
+/// `null`.
+///
+/// v2 (flagd's daemon up to its newest release): a string first argument is
+/// hashed as UTF-8; otherwise `flagKey + targetingKey` (JavaScript string
+/// conversion, as flagd-core; a falsy targeting key gives `null`).
+/// v3 (flagd ADR "fractional-non-string-rand-units"): any non-null value is
+/// hashed as deterministic CBOR; otherwise the CBOR array
+/// `[flagKey, targetingKey]`, and a targeting key that is not a string gives
+/// `null`.
+fn hash_for(bucketing: Bucketing, by: Option<&Val<'_>>, env: &Env<'_>) -> Option<u32> {
+    match (bucketing, by) {
+        (Bucketing::V2, Some(Val::Str(s))) => Some(murmur3_32(&[s.as_bytes()], 0)),
+        (Bucketing::V2, Some(_)) => None,
+        (Bucketing::V2, None) => {
             let tk = env.ctx.as_object()?.get("targetingKey")?;
             let tk = Val::from_ref(tk);
             if !tk.truthy() && !tk.is_object_like() {
@@ -1563,6 +1586,24 @@ fn hash_for(by: Option<&Val<'_>>, env: &Env<'_>) -> Option<u32> {
             }
             let tk = to_js_string(&tk);
             Some(murmur3_32(&[env.flag_key.as_bytes(), tk.as_bytes()], 0))
+        }
+        (Bucketing::V3, Some(Val::Null)) => None,
+        (Bucketing::V3, Some(v)) => {
+            let mut buf = Vec::with_capacity(32);
+            cbor::encode_val(v, &mut buf);
+            Some(murmur3_32(&[&buf], 0))
+        }
+        (Bucketing::V3, None) => {
+            let Value::String(tk) = env.ctx.as_object()?.get("targetingKey")? else {
+                return None;
+            };
+            let mut buf = Vec::with_capacity(8 + env.flag_key.len() + tk.len());
+            let pair = Val::Arr(vec![
+                Val::Str(Cow::Borrowed(env.flag_key)),
+                Val::Str(Cow::Borrowed(tk)),
+            ]);
+            cbor::encode_val(&pair, &mut buf);
+            Some(murmur3_32(&[&buf], 0))
         }
     }
 }
@@ -1620,20 +1661,35 @@ fn parse_buckets<'v>(bs: impl Iterator<Item = Val<'v>>) -> Option<(Vec<(Val<'v>,
 
 fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> {
     let by = f.by.as_ref().map(|n| eval(n, env, sc)).transpose()?;
+    // A first argument that evaluates to an array is a bucket, and the
+    // targeting key is hashed (flagd and flagd-core alike).
+    let (by, lead) = match by {
+        Some(v) if v.array_len().is_some() => (None, Some(v)),
+        other => (other, None),
+    };
+    let lead = match lead.map(|b| parse_bucket(&b)) {
+        None => None,
+        Some(Ok(e)) => Some(e),
+        Some(Err(_)) => return Ok(Val::Null),
+    };
     match &f.buckets {
         Buckets::Invalid => Ok(Val::Null),
         Buckets::Static(entries, total) => {
-            let Some(hash) = hash_for(by.as_ref(), env) else {
+            let Some(hash) = hash_for(f.bucketing, by.as_ref(), env) else {
                 return Ok(Val::Null);
             };
-            Ok(pick(
-                hash,
-                *total,
-                entries.iter().map(|(v, w)| (Val::from_ref(v), *w)),
-            ))
+            let entries = entries.iter().map(|(v, w)| (Val::from_ref(v), *w));
+            Ok(match lead {
+                None => pick(hash, *total, entries),
+                Some(l) => pick(
+                    hash,
+                    total.saturating_add(l.1),
+                    std::iter::once(l).chain(entries),
+                ),
+            })
         }
         Buckets::Dynamic(nodes) => {
-            let Some(hash) = hash_for(by.as_ref(), env) else {
+            let Some(hash) = hash_for(f.bucketing, by.as_ref(), env) else {
                 return Ok(Val::Null);
             };
             let mut vals = Vec::with_capacity(nodes.len());
@@ -1641,18 +1697,27 @@ fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> 
                 vals.push(eval(n, env, sc)?);
             }
             match parse_buckets(vals.into_iter()) {
-                Some((entries, total)) => Ok(pick(hash, total, entries.into_iter())),
+                Some((mut entries, mut total)) => {
+                    if let Some(l) = lead {
+                        total = total.saturating_add(l.1);
+                        entries.insert(0, l);
+                    }
+                    Ok(pick(hash, total, entries.into_iter()))
+                }
                 None => Ok(Val::Null),
             }
         }
         Buckets::Spread(n) => {
             let args = spread(eval(n, env, sc)?);
-            let (by, rest) = match args.first() {
-                Some(Val::Str(_)) => (Some(&args[0]), &args[1..]),
-                Some(_) => (None, &args[..]),
-                None => return Ok(Val::Null),
+            let (by, rest) = match (f.bucketing, args.first()) {
+                (_, None) => return Ok(Val::Null),
+                (Bucketing::V2, Some(Val::Str(_))) => (Some(&args[0]), &args[1..]),
+                (Bucketing::V2, Some(_)) => (None, &args[..]),
+                (Bucketing::V3, Some(Val::Null)) => return Ok(Val::Null),
+                (Bucketing::V3, Some(v)) if v.array_len().is_some() => (None, &args[..]),
+                (Bucketing::V3, Some(_)) => (Some(&args[0]), &args[1..]),
             };
-            let Some(hash) = hash_for(by, env) else {
+            let Some(hash) = hash_for(f.bucketing, by, env) else {
                 return Ok(Val::Null);
             };
             match parse_buckets(rest.iter().cloned()) {

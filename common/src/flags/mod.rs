@@ -95,6 +95,7 @@
 //! recursion is bounded by the plan, never by the context); JSON text is
 //! parsed with serde_json's recursion limit (128). Evaluation never panics.
 
+mod cbor;
 mod jsval;
 mod logic;
 mod murmur;
@@ -108,6 +109,54 @@ use std::fmt;
 use std::sync::OnceLock;
 
 pub use logic::MAX_RULE_DEPTH;
+
+/// How `fractional` turns its bucketing value into a hash.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Bucketing {
+    /// What the flagd daemon answers up to its newest release (flagd v0.16.1,
+    /// core v0.15.6): MurmurHash3 of the bucketing *string* (UTF-8), or of
+    /// `flagKey + targetingKey`; a non-string bucketing value gives `null`.
+    #[default]
+    V2,
+    /// flagd's ADR "fractional-non-string-rand-units" (flagd-testbed 3.9
+    /// `@fractional-v3`): MurmurHash3 of the deterministic CBOR encoding of
+    /// any non-null bucketing value, or of `[flagKey, targetingKey]`; a
+    /// `null` bucketing value gives `null` (the default variant). Moves
+    /// every assignment made under v2.
+    V3,
+}
+
+impl Bucketing {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Bucketing::V2 => "v2",
+            Bucketing::V3 => "v3",
+        }
+    }
+
+    /// `"v2"` or `"v3"`.
+    pub fn parse(s: &str) -> Option<Bucketing> {
+        match s {
+            "v2" => Some(Bucketing::V2),
+            "v3" => Some(Bucketing::V3),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Bucketing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a definition is compiled. The default is what the existing
+/// constructors ([`FlagSet::parse`], [`FlagSet::from_value`],
+/// [`FlagSet::from_owned`]) use.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompileOptions {
+    pub bucketing: Bucketing,
+}
 
 /// A compiled, immutable set of flags (one revision). `Send + Sync`; share it
 /// behind an `Arc`.
@@ -379,6 +428,11 @@ impl FlagSet {
     /// Parses and compiles a definition; rejects it as a whole, listing every
     /// problem (malformed JSON is reported with line and column).
     pub fn parse(json: &str) -> Result<FlagSet, DefinitionError> {
+        Self::parse_with(json, &CompileOptions::default())
+    }
+
+    /// As [`FlagSet::parse`], with options.
+    pub fn parse_with(json: &str, opts: &CompileOptions) -> Result<FlagSet, DefinitionError> {
         let v: Value = serde_json::from_str(json).map_err(|e| DefinitionError {
             problems: vec![format!(
                 "invalid JSON at line {}, column {}: {}",
@@ -387,21 +441,31 @@ impl FlagSet {
                 strip_position(&e.to_string())
             )],
         })?;
-        Self::compile(v)
+        Self::compile(v, opts)
     }
 
     /// Compiles an already parsed definition.
     pub fn from_value(v: &Value) -> Result<FlagSet, DefinitionError> {
-        Self::compile(v.clone())
+        Self::compile(v.clone(), &CompileOptions::default())
+    }
+
+    /// As [`FlagSet::from_value`], with options.
+    pub fn from_value_with(v: &Value, opts: &CompileOptions) -> Result<FlagSet, DefinitionError> {
+        Self::compile(v.clone(), opts)
     }
 
     /// Compiles an already parsed definition it takes over (no copy: a
     /// 350-flag definition is about 1 MB as a `Value`).
     pub fn from_owned(v: Value) -> Result<FlagSet, DefinitionError> {
-        Self::compile(v)
+        Self::compile(v, &CompileOptions::default())
     }
 
-    fn compile(definition: Value) -> Result<FlagSet, DefinitionError> {
+    /// As [`FlagSet::from_owned`], with options.
+    pub fn from_owned_with(v: Value, opts: &CompileOptions) -> Result<FlagSet, DefinitionError> {
+        Self::compile(v, opts)
+    }
+
+    fn compile(definition: Value, opts: &CompileOptions) -> Result<FlagSet, DefinitionError> {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
         let Value::Object(top) = &definition else {
@@ -438,6 +502,7 @@ impl FlagSet {
         if let Some(evs) = evaluators {
             for (name, rule) in evs {
                 let mut c = Compiler::new(evaluators);
+                c.bucketing = opts.bucketing;
                 let _ = c.compile(rule);
                 let strip = |p: &str| p.strip_prefix("targeting: ").unwrap_or(p).to_string();
                 for p in c.fatal {
@@ -458,6 +523,7 @@ impl FlagSet {
                         def,
                         evaluators,
                         &metadata,
+                        opts,
                         &mut problems,
                         &mut warnings,
                     ) {
@@ -555,6 +621,7 @@ fn compile_flag(
     def: &Value,
     evaluators: Option<&Map<String, Value>>,
     set_metadata: &Map<String, Value>,
+    opts: &CompileOptions,
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
 ) -> Option<Flag> {
@@ -657,6 +724,7 @@ fn compile_flag(
         Some(Value::Object(m)) if m.is_empty() => None,
         Some(t @ Value::Object(_)) => {
             let mut c = Compiler::new(evaluators);
+            c.bucketing = opts.bucketing;
             c.variants = Some(variants.iter().map(|v| &*v.0).collect());
             let node = c.compile(t);
             for p in c.fatal {

@@ -1052,3 +1052,166 @@ fn flagd_testbed_answers_for_flags_with_problems() {
         assert_eq!(answer(&set, key, c.clone()), want, "{file} {key} {c}");
     }
 }
+
+/// The testbed runs flagd on every `flags/*.json` but the `selector-` ones
+/// deep-merged into one file (its launchpad's `allFlags.json`): that loads too.
+#[test]
+fn flagd_testbed_combined_file_loads() {
+    fn merge(dst: &mut Value, src: Value) {
+        if let (Value::Object(d), Value::Object(s)) = (dst, src) {
+            for (k, v) in s {
+                match d.get_mut(&k) {
+                    Some(x) if x.is_object() && v.is_object() => merge(x, v),
+                    _ => {
+                        d.insert(k, v);
+                    }
+                }
+            }
+        }
+    }
+    let mut all = json!({});
+    for (name, text) in TESTBED {
+        if !name.starts_with("selector-") && *name != "testkit-flags.json" {
+            merge(&mut all, serde_json::from_str(text).unwrap());
+        }
+    }
+    let set = FlagSet::from_value(&all).unwrap_or_else(|e| panic!("{e}"));
+    // With the shared $evaluators, zero-flags.json's $ref resolves.
+    assert_eq!(
+        answer(
+            &set,
+            "string-targeted-zero-flag",
+            json!({"email": "ballmer@macrosoft.com"})
+        ),
+        "zero"
+    );
+    assert_eq!(
+        answer(
+            &set,
+            "integer-targeted-zero-flag",
+            json!({"email": "ballmer@none.com"})
+        ),
+        "DEFAULT:zero"
+    );
+}
+
+fn v3() -> CompileOptions {
+    CompileOptions {
+        bucketing: Bucketing::V3,
+    }
+}
+
+/// Examples from the testbed's `@fractional-v3` scenarios
+/// (gherkin/targeting.feature) against its `custom-ops.json`.
+#[test]
+fn fractional_v3_matches_testbed_examples() {
+    let (_, text) = TESTBED
+        .iter()
+        .find(|(n, _)| *n == "custom-ops.json")
+        .unwrap();
+    let set = FlagSet::parse_with(text, &v3()).unwrap();
+    let basic = |input: Value| {
+        answer(
+            &set,
+            "fractional-basic-flag",
+            json!({ "hashing_input": input }),
+        )
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (json!(true), "bucket5"),
+        (json!(false), "bucket1"),
+        (json!("user1"), "bucket22"),
+        (json!("user2"), "bucket16"),
+        (json!(123), "bucket20"),
+        (json!(456), "bucket12"),
+        (json!(1.23), "bucket14"),
+        (json!(4.56), "bucket18"),
+        (json!("123"), "bucket22"),
+        (json!("null"), "bucket8"),
+        (json!(0), "bucket8"),
+        (json!(1.0), "bucket23"),
+        (json!(1), "bucket23"),
+        (json!(-2.0), "bucket12"),
+        (json!(9007199254740992.0), "bucket10"),
+        (json!(-0.0), "bucket8"),
+        (json!(2147483648u64), "bucket25"),
+        (json!(-2147483649i64), "bucket18"),
+        (json!(4294967296u64), "bucket19"),
+        (json!(-25), "bucket16"),
+        (json!(1e20), "bucket19"),
+        (json!(65504.0), "bucket16"),
+        (json!(65505.0), "bucket17"),
+        (json!(0.00006103515625), "bucket22"),
+        (json!(5.960_464_477_539_063e-8), "bucket23"), // 2^-24
+        (json!(3.4028234663852886e38), "bucket10"),
+        (json!(1.7976931348623157e308), "bucket17"),
+        (json!(f64::from_bits(1)), "bucket2"), // 4.9406564584124654e-324
+        (json!({"a": 1, "b": 2}), "bucket23"),
+        (json!({"b": 2, "a": 1}), "bucket23"),
+        (json!({"z": 1, "aa": 2}), "bucket21"),
+        (json!({"aaa": 1, "ÿ": 2}), "bucket12"),
+        (json!({"b": -0.0, "a": {"b": 1}, "c": 0.0}), "bucket8"),
+        (
+            json!({"café": "façade", "b": {"résumé": {"ÿ": true}}}),
+            "bucket22",
+        ),
+        (json!({}), "bucket3"),
+        (json!({"a": [1, "two", true, [], null]}), "bucket23"),
+        (json!({"x": [{"a": {"b": null}}]}), "bucket6"),
+        (json!(""), "bucket4"),
+    ];
+    for (input, want) in cases {
+        assert_eq!(basic(input.clone()), want, "{input}");
+    }
+    // A null (missing) bucketing value gives the default variant.
+    assert_eq!(
+        answer(&set, "fractional-basic-flag", json!({})),
+        "DEFAULT:fallback"
+    );
+    // flagKey + targetingKey is hashed as the CBOR array [flagKey, targetingKey].
+    let tk = |key: &str, t: &str| answer(&set, key, json!({ "targetingKey": t }));
+    assert_eq!(tk("fractional-flag-shorthand", "jon@company.com"), "tails");
+    assert_eq!(tk("fractional-flag-shorthand", "jane@company.com"), "tails");
+    let name = |key: &str, n: &str| answer(&set, key, json!({ "user": {"name": n} }));
+    for (n, want) in [
+        ("jack", "diamonds"),
+        ("queen", "diamonds"),
+        ("ten", "clubs"),
+        ("nine", "clubs"),
+        ("3", "spades"),
+    ] {
+        assert_eq!(name("fractional-flag", n), want, "{n}");
+    }
+    for (n, want) in [
+        ("seven", "hearts"),
+        ("eight", "hearts"),
+        ("nine", "diamonds"),
+        ("two", "diamonds"),
+    ] {
+        assert_eq!(name("fractional-flag-A-shared-seed", n), want, "{n}");
+    }
+    // v2 (the default) still answers the @fractional-v2 examples.
+    let v2 = FlagSet::parse(text).unwrap();
+    for (n, want) in [
+        ("jack", "hearts"),
+        ("queen", "spades"),
+        ("ten", "clubs"),
+        ("nine", "diamonds"),
+        ("3", "clubs"),
+    ] {
+        assert_eq!(
+            answer(&v2, "fractional-flag", json!({ "user": {"name": n} })),
+            want,
+            "{n}"
+        );
+    }
+    // and gives null for a non-string bucketing value.
+    assert_eq!(
+        answer(
+            &v2,
+            "fractional-basic-flag",
+            json!({ "hashing_input": 123 })
+        ),
+        "DEFAULT:fallback"
+    );
+}
