@@ -415,7 +415,10 @@ impl Config {
                     .poll_interval
                     .map(|d| d.0)
                     .unwrap_or(Duration::from_secs(1)),
-                flag_options: CompileOptions { bucketing },
+                flag_options: CompileOptions {
+                    bucketing,
+                    ..CompileOptions::default()
+                },
                 proxy,
                 killswitches,
             })

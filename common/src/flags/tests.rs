@@ -484,7 +484,7 @@ fn metadata_flag_wins_over_set() {
 }
 
 #[test]
-fn refs_are_inlined() {
+fn refs_resolve_nested_evaluators() {
     let set = FlagSet::from_value(&json!({
         "$evaluators": {
             "staff": {"ends_with": [{"var": "email"}, "@corp.io"]},
@@ -1098,6 +1098,7 @@ fn flagd_testbed_combined_file_loads() {
 fn v3() -> CompileOptions {
     CompileOptions {
         bucketing: Bucketing::V3,
+        ..CompileOptions::default()
     }
 }
 
@@ -1214,4 +1215,123 @@ fn fractional_v3_matches_testbed_examples() {
         ),
         "DEFAULT:fallback"
     );
+}
+
+/// `$evaluators` e0..e20 where each refers to the previous one twice: inlined,
+/// that is 2^20 copies of e0 (the 1.2 KB definition that took 27 s and
+/// 262 MB to apply, and about a second per evaluation).
+fn ref_chain(levels: usize, op: &str) -> Map<String, Value> {
+    let mut evs = Map::new();
+    evs.insert("e0".into(), json!({"==": [{"var": "x"}, 1]}));
+    for i in 1..=levels {
+        let prev = format!("e{}", i - 1);
+        evs.insert(
+            format!("e{i}"),
+            json!({ op: [{"$ref": prev}, {"$ref": prev}] }),
+        );
+    }
+    evs
+}
+
+#[test]
+fn ref_chain_compiles_once_and_evaluates_each_evaluator_once() {
+    for op in ["and", "or"] {
+        let def = json!({
+            "$evaluators": ref_chain(20, op),
+            "flags": {"f": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                            "defaultVariant": "off",
+                            "targeting": {"if": [{"$ref": "e20"}, "on", "off"]}}}
+        });
+        assert!(def.to_string().len() < 1_500, "{}", def.to_string().len());
+        let set = FlagSet::from_value(&def).unwrap_or_else(|e| panic!("{e}"));
+        // Each evaluator compiled once: about 3 nodes per level.
+        assert!(set.compiled_nodes() < 100, "{}", set.compiled_nodes());
+        assert!(set.warnings().is_empty(), "{:?}", set.warnings());
+        assert_eq!(answer(&set, "f", json!({"x": 1})), "on");
+        assert_eq!(answer(&set, "f", json!({"x": 2})), "off");
+        // Evaluation visits each shared evaluator once, not 2^20 times.
+        let flag = set.find("f").unwrap();
+        let target = flag.targeting.as_ref().unwrap();
+        for x in [1, 2] {
+            let c = json!({ "x": x });
+            let env = Env::new(&c, "f");
+            logic::eval(target, &env, Scope::Root).unwrap();
+            assert!(
+                env.steps.get() < 200,
+                "{op} x={x}: {} steps",
+                env.steps.get()
+            );
+        }
+    }
+}
+
+#[test]
+fn ref_chain_in_an_iteration_body_is_refused_by_the_budget() {
+    // A `map` body runs once per element, where shared evaluators are not
+    // memoised: its expanded size counts.
+    let def = json!({
+        "$evaluators": ref_chain(20, "and"),
+        "flags": {"f": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                        "defaultVariant": "off",
+                        "targeting": {"if": [{"some": [{"var": "xs"}, {"$ref": "e20"}]}, "on", "off"]}}}
+    });
+    let err = FlagSet::from_value(&def).unwrap_err().to_string();
+    assert!(
+        err.contains(r#"flag "f": targeting: a map/filter/all/some/none/reduce body expands to"#)
+            && err.contains("above the budget of 1000000 nodes"),
+        "{err}"
+    );
+    // A short chain in a body is fine.
+    let def = json!({
+        "$evaluators": ref_chain(3, "and"),
+        "flags": {"f": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                        "defaultVariant": "off",
+                        "targeting": {"if": [{"some": [{"var": "xs"}, {"$ref": "e3"}]}, "on", "off"]}}}
+    });
+    let set = FlagSet::from_value(&def).unwrap();
+    assert_eq!(answer(&set, "f", json!({"xs": [{"x": 2}, {"x": 1}]})), "on");
+    assert_eq!(answer(&set, "f", json!({"xs": [{"x": 2}]})), "off");
+}
+
+#[test]
+fn definitions_over_the_node_budget_are_refused() {
+    let rule = |n: usize| json!({"in": [{"var": "x"}, (0..n).map(|i| json!({"var": format!("k{i}")})).collect::<Vec<_>>()]});
+    let def = json!({"flags": {
+        "small": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": rule(10)},
+        "big": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": rule(2_000)}
+    }});
+    let opts = CompileOptions {
+        max_compiled_nodes: 1_000,
+        ..CompileOptions::default()
+    };
+    let err = FlagSet::from_value_with(&def, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nodes, above the budget of 1000 nodes (largest: flag \"big\""),
+        "{err}"
+    );
+    let set = FlagSet::from_value(&def).unwrap();
+    assert!(set.compiled_nodes() > 2_000 && set.compiled_nodes() < 2_100);
+}
+
+#[test]
+fn depth_counts_through_refs() {
+    let def = |levels: usize| {
+        let mut evs = Map::new();
+        evs.insert("e0".into(), json!({"var": "x"}));
+        for i in 1..=levels {
+            evs.insert(
+                format!("e{i}"),
+                json!({"!": [{"$ref": format!("e{}", i - 1)}]}),
+            );
+        }
+        let top = format!("e{levels}");
+        json!({"$evaluators": evs, "flags": {"f": {"state": "ENABLED", "variants": {"a": 1},
+               "defaultVariant": "a", "targeting": {"if": [{"$ref": top}, "a", null]}}}})
+    };
+    let set = FlagSet::from_value(&def(20)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer(&set, "f", json!({"x": true})), "a");
+    let err = FlagSet::from_value(&def(40)).unwrap_err().to_string();
+    assert!(err.contains("nested deeper than 64 levels"), "{err}");
 }
