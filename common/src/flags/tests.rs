@@ -1335,3 +1335,105 @@ fn depth_counts_through_refs() {
     let err = FlagSet::from_value(&def(40)).unwrap_err().to_string();
     assert!(err.contains("nested deeper than 64 levels"), "{err}");
 }
+
+/// Weights computed from the context can be anything: never an overflow
+/// (a panic in debug builds), always flagd's answer (`null`: the default).
+#[test]
+fn huge_weights_from_the_context_do_not_overflow() {
+    let set = rule_set(
+        &["a", "b"],
+        json!({"fractional": [{"var": "targetingKey"}, ["a", {"var": "wa"}], ["b", {"var": "wb"}]]}),
+    );
+    let spread = rule_set(&["a", "b"], json!({"fractional": {"var": "args"}}));
+    let big: Vec<Value> = vec![
+        json!(1e300),
+        json!(-1e300),
+        json!(i64::MAX),
+        json!(i64::MIN),
+        json!(u64::MAX),
+        json!(f64::MAX),
+        json!(2147483648i64),
+    ];
+    for w in &big {
+        for other in [json!(1), json!(2147483647), w.clone()] {
+            let c = json!({"targetingKey": "u", "wa": w, "wb": other});
+            let got = run(&set, c.clone());
+            // a negative weight counts as 0, so "b" takes everything when valid
+            let want = if w.as_f64().unwrap() < 0.0
+                && other.as_f64().unwrap() <= 2147483647.0
+                && other.as_f64().unwrap() > 0.0
+            {
+                "b"
+            } else {
+                "DEFAULT:a"
+            };
+            assert_eq!(got, want, "{c}");
+            let args = json!({"targetingKey": "u", "args": ["u", ["a", w], ["b", other]]});
+            assert_eq!(run(&spread, args.clone()), want, "{args}");
+        }
+    }
+    // Sums overflowing: i32::MAX twice, and many maximal weights.
+    let c = json!({"targetingKey": "u", "wa": 2147483647, "wb": 2147483647});
+    assert_eq!(run(&set, c), "DEFAULT:a");
+    let many: Vec<Value> = (0..10_000).map(|_| json!(["a", 2147483647])).collect();
+    let mut args = vec![json!("u")];
+    args.extend(many);
+    assert_eq!(run(&spread, json!({"args": args})), "DEFAULT:a");
+}
+
+/// flagd provides `$flagd.flagKey` and `$flagd.timestamp` to rules, also
+/// through a shared evaluator (each flag sees its own key).
+#[test]
+fn flagd_properties_are_available_to_rules() {
+    let set = FlagSet::from_value(&json!({
+        "$evaluators": {"is_beta_flag": {"starts_with": [{"var": "$flagd.flagKey"}, "beta-"]}},
+        "flags": {
+            "beta-search": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                            "targeting": {"if": [{"$ref": "is_beta_flag"}, "on", "off"]}},
+            "search": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                       "targeting": {"if": [{"$ref": "is_beta_flag"}, "on", "off"]}},
+            "key": {"state": "ENABLED", "variants": {"key": "key", "other": "other"}, "defaultVariant": "other",
+                    "targeting": {"if": [{"==": [{"var": "$flagd.flagKey"}, "key"]}, "key", "other"]}},
+            "fresh": {"state": "ENABLED", "variants": {"yes": "yes", "no": "no"}, "defaultVariant": "no",
+                      "targeting": {"if": [{"and": [
+                          {">=": [{"var": "$flagd.timestamp"}, {"var": "from"}]},
+                          {"<=": [{"var": "$flagd.timestamp"}, {"var": "to"}]}]}, "yes", "no"]}}
+        }
+    }))
+    .unwrap();
+    assert_eq!(answer(&set, "beta-search", json!({})), "on");
+    assert_eq!(answer(&set, "search", json!({})), "off");
+    assert_eq!(answer(&set, "key", json!({})), "key");
+    // The timestamp is now, in whole seconds since the epoch.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let window = json!({"from": now - 5, "to": now + 60});
+    assert_eq!(answer(&set, "fresh", window), "yes");
+    assert_eq!(
+        answer(&set, "fresh", json!({"from": now + 3600, "to": now + 7200})),
+        "no"
+    );
+    // The context cannot override them.
+    let spoof =
+        json!({"$flagd": {"flagKey": "key", "timestamp": 0}, "from": now - 5, "to": now + 60});
+    assert_eq!(answer(&set, "search", spoof.clone()), "off");
+    assert_eq!(answer(&set, "fresh", spoof), "yes");
+}
+
+/// `version` is an ordinary attribute: the engine injects nothing.
+#[test]
+fn version_is_not_special() {
+    let set = rule_set(
+        &["old", "new"],
+        json!({"if": [{"sem_ver": [{"var": "version"}, ">=", "2.0.0"]}, "new", "old"]}),
+    );
+    assert_eq!(run(&set, json!({"version": "2.1.0"})), "new");
+    assert_eq!(run(&set, json!({"version": "1.9.0"})), "old");
+    // No version in the context: sem_ver gives null, a false condition.
+    assert_eq!(run(&set, json!({})), "old");
+    let bare = rule_set(&["old", "new"], json!({"var": "version"}));
+    assert_eq!(run(&bare, json!({})), "DEFAULT:old");
+    assert_eq!(run(&bare, json!({"version": "new"})), "new");
+}
