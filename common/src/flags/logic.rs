@@ -247,6 +247,25 @@ impl Node {
         }
     }
 
+    /// Whether evaluating this rule can meet one shared evaluator more than
+    /// once (then its value is memoised per evaluation; otherwise the memo
+    /// would only cost an allocation). Visits each evaluator at most once.
+    pub(crate) fn meets_a_ref_twice(&self) -> bool {
+        fn walk(n: &Node, seen: &mut Vec<usize>) -> bool {
+            if let Node::Ref(t) = n {
+                if seen.contains(&t.id) {
+                    return true;
+                }
+                seen.push(t.id);
+                return walk(&t.node, seen);
+            }
+            let mut twice = false;
+            n.each_child(&mut |c| twice = twice || walk(c, seen));
+            twice
+        }
+        walk(self, &mut Vec::new())
+    }
+
     /// Sizes of this rule (recursion bounded by the rule depth).
     pub(crate) fn stats(&self) -> Stats {
         if let Node::Ref(t) = self {
@@ -1064,6 +1083,8 @@ pub(crate) struct Env<'v> {
     /// Values of shared evaluators met at the top scope in this evaluation,
     /// with `prev` after each, by `RefTarget::id`.
     refs: RefCell<Vec<Option<(Val<'v>, Val<'v>)>>>,
+    /// Whether to memoise shared evaluators (see `Node::meets_a_ref_twice`).
+    pub memo: bool,
     /// Nodes evaluated (tests check that shared evaluators are memoised).
     #[cfg(test)]
     pub steps: Cell<u64>,
@@ -1077,6 +1098,7 @@ impl<'v> Env<'v> {
             now: Cell::new(None),
             prev: RefCell::new(Val::Null),
             refs: RefCell::new(Vec::new()),
+            memo: true,
             #[cfg(test)]
             steps: Cell::new(0),
         }
@@ -1562,26 +1584,30 @@ pub(crate) fn eval<'v>(n: &'v Node, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> {
             Ok(sem_ver(&a, &op, &b))
         }
         Node::Fractional(f) => fractional(f, env, sc),
-        Node::Ref(t) => {
-            // At the top scope an evaluator's value depends only on the
-            // context: evaluate it once per evaluation, however often it is
-            // referred to (`prev` is replayed as if it had run again).
-            if !matches!(sc, Scope::Root) {
-                return eval(&t.node, env, sc);
-            }
-            if let Some(Some((v, prev))) = env.refs.borrow().get(t.id) {
-                *env.prev.borrow_mut() = prev.clone();
-                return Ok(v.clone());
-            }
-            let v = eval(&t.node, env, sc)?;
-            let mut memo = env.refs.borrow_mut();
-            if memo.len() <= t.id {
-                memo.resize(t.id + 1, None);
-            }
-            memo[t.id] = Some((v.clone(), env.prev.borrow().clone()));
-            Ok(v)
-        }
+        Node::Ref(t) => eval_ref(t, env, sc),
     }
+}
+
+/// A shared evaluator. At the top scope its value depends only on the
+/// context: with `env.memo`, it is evaluated once per evaluation however
+/// often it is referred to (`prev` is replayed as if it had run again).
+/// Kept out of `eval` so that its frame stays small.
+#[inline(never)]
+fn eval_ref<'v>(t: &'v RefTarget, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> {
+    if !env.memo || !matches!(sc, Scope::Root) {
+        return eval(&t.node, env, sc);
+    }
+    if let Some(Some((v, prev))) = env.refs.borrow().get(t.id) {
+        *env.prev.borrow_mut() = prev.clone();
+        return Ok(v.clone());
+    }
+    let v = eval(&t.node, env, sc)?;
+    let mut memo = env.refs.borrow_mut();
+    if memo.len() <= t.id {
+        memo.resize(t.id + 1, None);
+    }
+    memo[t.id] = Some((v.clone(), env.prev.borrow().clone()));
+    Ok(v)
 }
 
 fn missing<'v>(keys: Vec<Val<'v>>, env: &Env<'v>, sc: Scope<'_, 'v>) -> Vec<Val<'v>> {
@@ -1945,32 +1971,20 @@ fn parse_buckets<'v>(bs: impl Iterator<Item = Val<'v>>) -> Option<(Vec<(Val<'v>,
 
 fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> {
     let by = f.by.as_ref().map(|n| eval(n, env, sc)).transpose()?;
-    // A first argument that evaluates to an array is a bucket, and the
-    // targeting key is hashed (flagd and flagd-core alike).
-    let (by, lead) = match by {
-        Some(v) if v.array_len().is_some() => (None, Some(v)),
-        other => (other, None),
-    };
-    let lead = match lead.map(|b| parse_bucket(&b)) {
-        None => None,
-        Some(Ok(e)) => Some(e),
-        Some(Err(_)) => return Ok(Val::Null),
-    };
+    if let Some(lead) = by.as_ref().filter(|v| v.array_len().is_some()) {
+        return fractional_with_lead(f, lead, env, sc);
+    }
     match &f.buckets {
         Buckets::Invalid => Ok(Val::Null),
         Buckets::Static(entries, total) => {
             let Some(hash) = hash_for(f.bucketing, by.as_ref(), env) else {
                 return Ok(Val::Null);
             };
-            let entries = entries.iter().map(|(v, w)| (Val::from_ref(v), *w));
-            Ok(match lead {
-                None => pick(hash, *total, entries),
-                Some(l) => pick(
-                    hash,
-                    total.saturating_add(l.1),
-                    std::iter::once(l).chain(entries),
-                ),
-            })
+            Ok(pick(
+                hash,
+                *total,
+                entries.iter().map(|(v, w)| (Val::from_ref(v), *w)),
+            ))
         }
         Buckets::Dynamic(nodes) => {
             let Some(hash) = hash_for(f.bucketing, by.as_ref(), env) else {
@@ -1981,13 +1995,7 @@ fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> 
                 vals.push(eval(n, env, sc)?);
             }
             match parse_buckets(vals.into_iter()) {
-                Some((mut entries, mut total)) => {
-                    if let Some(l) = lead {
-                        total = total.saturating_add(l.1);
-                        entries.insert(0, l);
-                    }
-                    Ok(pick(hash, total, entries.into_iter()))
-                }
+                Some((entries, total)) => Ok(pick(hash, total, entries.into_iter())),
                 None => Ok(Val::Null),
             }
         }
@@ -2009,5 +2017,40 @@ fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> 
                 None => Ok(Val::Null),
             }
         }
+    }
+}
+
+/// A first argument that evaluates to an array is a bucket, and the
+/// targeting key is hashed (flagd and flagd-core alike). Rare: kept apart.
+#[cold]
+#[inline(never)]
+fn fractional_with_lead<'v>(
+    f: &'v Fractional,
+    lead: &Val<'v>,
+    env: &Env<'v>,
+    sc: Scope<'_, 'v>,
+) -> R<'v> {
+    let mut vals = vec![lead.clone()];
+    match &f.buckets {
+        Buckets::Invalid => return Ok(Val::Null),
+        Buckets::Static(entries, _) => vals.extend(
+            entries
+                .iter()
+                .map(|(v, w)| Val::Arr(vec![Val::from_ref(v), Val::Num(*w as f64)])),
+        ),
+        Buckets::Dynamic(nodes) => {
+            for n in nodes {
+                vals.push(eval(n, env, sc)?);
+            }
+        }
+        // `by` is never set with spread arguments.
+        Buckets::Spread(_) => return Ok(Val::Null),
+    }
+    let Some(hash) = hash_for(f.bucketing, None, env) else {
+        return Ok(Val::Null);
+    };
+    match parse_buckets(vals.into_iter()) {
+        Some((entries, total)) => Ok(pick(hash, total, entries.into_iter())),
+        None => Ok(Val::Null),
     }
 }

@@ -213,6 +213,9 @@ struct Flag {
     /// Why the targeting cannot run (unknown operator, `$ref` to nothing,
     /// ...): flagd loads such a flag and answers `PARSE_ERROR`.
     parse_error: Option<Box<str>>,
+    /// Whether the targeting can meet one `$evaluators` entry twice in an
+    /// evaluation (its value is then computed once and remembered).
+    memo_refs: bool,
     /// Set metadata with the flag's own merged over it.
     metadata: Map<String, Value>,
 }
@@ -827,6 +830,7 @@ fn compile_flag<'d>(
         enabled,
         variants,
         default,
+        memo_refs: targeting.as_ref().is_some_and(Node::meets_a_ref_twice),
         targeting,
         parse_error,
         metadata,
@@ -878,7 +882,8 @@ impl Flag {
                 }),
             );
         }
-        let env = Env::new(&ctx.attrs, &self.key);
+        let mut env = Env::new(&ctx.attrs, &self.key);
+        env.memo = self.memo_refs;
         let result = match logic::eval(rule, &env, Scope::Root) {
             Ok(v) => v,
             Err(e) => {
