@@ -866,6 +866,21 @@ impl Flag {
         }
     }
 
+    /// A flag whose targeting cannot run answers `PARSE_ERROR`, as in flagd.
+    #[cold]
+    fn parse_error_eval(&self, problem: &str) -> Evaluation<'_> {
+        self.without_value(
+            Reason::Error,
+            Some(EvalError {
+                code: ErrorCode::ParseError,
+                message: format!(
+                    "error parsing targeting rule for flag '{}': {problem}",
+                    self.key
+                ),
+            }),
+        )
+    }
+
     fn evaluate<'a>(&'a self, ctx: &EvalContext) -> Evaluation<'a> {
         if !self.enabled {
             return self.without_value(Reason::Disabled, None);
@@ -874,13 +889,7 @@ impl Flag {
             return self.default_eval(Reason::Static);
         };
         if let Some(p) = &self.parse_error {
-            return self.without_value(
-                Reason::Error,
-                Some(EvalError {
-                    code: ErrorCode::ParseError,
-                    message: format!("error parsing targeting rule for flag '{}': {p}", self.key),
-                }),
-            );
+            return self.parse_error_eval(p);
         }
         let mut env = Env::new(&ctx.attrs, &self.key);
         env.memo = self.memo_refs;
