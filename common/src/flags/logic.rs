@@ -148,6 +148,8 @@ enum Buckets {
     /// Literal buckets, checked at compile time: (variant, weight) and total.
     Static(Vec<(Value, u64)>, u64),
     Dynamic(Vec<Node>),
+    /// Literal buckets flagd refuses at evaluation time: always `null`.
+    Invalid,
     /// A non-array argument, evaluated as a whole.
     Spread(Node),
 }
@@ -199,9 +201,19 @@ pub(crate) struct Compiler<'d> {
     pub evaluators: Option<&'d Map<String, Value>>,
     /// Variant names of the flag being compiled (checks literal fractional buckets).
     pub variants: Option<Vec<&'d str>>,
-    pub problems: Vec<String>,
+    /// Problems that refuse the whole definition (our limits).
+    pub fatal: Vec<String>,
+    /// Problems flagd loads but cannot run: the flag answers `PARSE_ERROR`.
+    pub parse_errors: Vec<String>,
+    /// Problems flagd loads and answers at evaluation time (`null`, the
+    /// default variant, an evaluation error): reported as warnings.
+    pub warnings: Vec<String>,
     ref_stack: Vec<&'d str>,
     depth_reported: bool,
+    /// Whether the node being compiled gives the rule's result (a variant
+    /// name): the root, `if` branches, `or`/`and` operands. A `fractional`
+    /// elsewhere (an `if` condition) yields values that are not variants.
+    in_result: bool,
 }
 
 impl<'d> Compiler<'d> {
@@ -209,20 +221,37 @@ impl<'d> Compiler<'d> {
         Compiler {
             evaluators,
             variants: None,
-            problems: Vec::new(),
+            fatal: Vec::new(),
+            parse_errors: Vec::new(),
+            warnings: Vec::new(),
             ref_stack: Vec::new(),
             depth_reported: false,
+            in_result: true,
         }
     }
 
-    fn problem(&mut self, msg: String) {
-        if !self.problems.contains(&msg) {
-            self.problems.push(msg);
+    fn fatal(&mut self, msg: String) {
+        if !self.fatal.contains(&msg) {
+            self.fatal.push(msg);
         }
     }
 
-    /// Compiles one rule. Problems are collected in `self.problems`.
+    fn parse_error(&mut self, msg: String) {
+        if !self.parse_errors.contains(&msg) {
+            self.parse_errors.push(msg);
+        }
+    }
+
+    fn warn(&mut self, msg: String) {
+        if !self.warnings.contains(&msg) {
+            self.warnings.push(msg);
+        }
+    }
+
+    /// Compiles one rule. Problems are collected in `self.fatal`,
+    /// `self.parse_errors` and `self.warnings`.
     pub(crate) fn compile(&mut self, v: &'d Value) -> Node {
+        self.in_result = true;
         self.node(v, 0)
     }
 
@@ -230,7 +259,7 @@ impl<'d> Compiler<'d> {
         if depth > MAX_RULE_DEPTH {
             if !self.depth_reported {
                 self.depth_reported = true;
-                self.problem(format!(
+                self.fatal(format!(
                     "targeting: rule nested deeper than {MAX_RULE_DEPTH} levels"
                 ));
             }
@@ -257,7 +286,7 @@ impl<'d> Compiler<'d> {
             Value::Object(m) => {
                 if m.len() > 1 {
                     let keys: Vec<&str> = m.keys().map(String::as_str).collect();
-                    self.problem(format!(
+                    self.parse_error(format!(
                         "targeting: an operation must have exactly one key, found {{{}}}",
                         keys.iter()
                             .map(|k| format!("\"{k}\""))
@@ -279,15 +308,15 @@ impl<'d> Compiler<'d> {
 
     fn inline_ref(&mut self, arg: &'d Value, depth: usize) -> Node {
         let Value::String(name) = arg else {
-            self.problem(format!("$ref must name an evaluator, found {arg}"));
+            self.parse_error(format!("$ref must name an evaluator, found {arg}"));
             return Node::Const(Value::Null);
         };
         let Some(def) = self.evaluators.and_then(|e| e.get(name)) else {
-            self.problem(format!("$ref \"{name}\" not found in $evaluators"));
+            self.parse_error(format!("$ref \"{name}\" not found in $evaluators"));
             return Node::Const(Value::Null);
         };
         if self.ref_stack.contains(&name.as_str()) {
-            self.problem(format!(
+            self.parse_error(format!(
                 "$ref cycle: {} -> {name}",
                 self.ref_stack.join(" -> ")
             ));
@@ -318,25 +347,56 @@ impl<'d> Compiler<'d> {
         depth: usize,
         min: usize,
     ) -> Option<Vec<Node>> {
+        self.lazy_list_at(op, arg, depth, min, false, |_, _| false)
+    }
+
+    /// As `lazy_list`; `result_pos(i, len)` tells which arguments can be
+    /// the operation's result (when the operation itself is).
+    fn lazy_list_at(
+        &mut self,
+        op: &str,
+        arg: &'d Value,
+        depth: usize,
+        min: usize,
+        res: bool,
+        result_pos: fn(usize, usize) -> bool,
+    ) -> Option<Vec<Node>> {
+        let outer = self.in_result;
         match arg {
             Value::Array(items) if items.len() >= min => {
-                Some(items.iter().map(|i| self.node(i, depth + 1)).collect())
+                let n = items.len();
+                let mut out = Vec::with_capacity(n);
+                for (i, item) in items.iter().enumerate() {
+                    self.in_result = res && result_pos(i, n);
+                    out.push(self.node(item, depth + 1));
+                }
+                self.in_result = outer;
+                Some(out)
             }
             Value::Array(items) => {
-                self.problem(format!(
+                self.parse_error(format!(
                     "targeting: \"{op}\" needs at least {min} arguments, found {}",
                     items.len()
                 ));
                 None
             }
             _ => {
-                self.problem(format!("targeting: \"{op}\" needs an array of arguments"));
+                self.parse_error(format!("targeting: \"{op}\" needs an array of arguments"));
                 None
             }
         }
     }
 
     fn operation(&mut self, op: &str, arg: &'d Value, depth: usize) -> Node {
+        let res = self.in_result;
+        // Arguments give the result only where `lazy_list_at` says so.
+        self.in_result = false;
+        let n = self.operation_args(op, arg, depth, res);
+        self.in_result = res;
+        n
+    }
+
+    fn operation_args(&mut self, op: &str, arg: &'d Value, depth: usize, res: bool) -> Node {
         let d = depth;
         let null = || Node::Const(Value::Null);
         match op {
@@ -348,13 +408,16 @@ impl<'d> Compiler<'d> {
                     Node::MissingSome(Box::new(need), self.args(&a[1], d + 1))
                 }
                 _ => {
-                    self.problem(
+                    self.parse_error(
                         "targeting: \"missing_some\" needs [minimum, [keys...]]".to_string(),
                     );
                     null()
                 }
             },
-            "if" | "?:" => match self.lazy_list(op, arg, d, 0) {
+            // Branches (odd positions and a trailing else) give the result.
+            "if" | "?:" => match self.lazy_list_at(op, arg, d, 0, res, |i, n| {
+                i % 2 == 1 || (i + 1 == n && n % 2 == 1)
+            }) {
                 Some(mut nodes) => {
                     if nodes.len() > 1 && nodes.len() % 2 == 0 {
                         nodes.push(null());
@@ -390,7 +453,7 @@ impl<'d> Compiler<'d> {
                     Node::NotNot(Box::new(inner))
                 }
             }
-            "or" | "and" => match self.lazy_list(op, arg, d, 0) {
+            "or" | "and" => match self.lazy_list_at(op, arg, d, 0, res, |_, _| true) {
                 Some(nodes) if op == "or" => Node::Or(nodes),
                 Some(nodes) => Node::And(nodes),
                 None => null(),
@@ -449,7 +512,7 @@ impl<'d> Compiler<'d> {
             "starts_with" | "ends_with" => {
                 if let Value::Array(a) = arg {
                     if a.len() != 2 {
-                        self.problem(format!(
+                        self.warn(format!(
                             "targeting: \"{op}\" needs 2 arguments, found {}",
                             a.len()
                         ));
@@ -460,13 +523,13 @@ impl<'d> Compiler<'d> {
             "sem_ver" => {
                 if let Value::Array(a) = arg {
                     if a.len() != 3 {
-                        self.problem(format!(
+                        self.warn(format!(
                             "targeting: \"sem_ver\" needs 3 arguments, found {}",
                             a.len()
                         ));
                     } else if let Value::String(o) = &a[1] {
                         if SemVerOp::parse(o).is_none() {
-                            self.problem(format!(
+                            self.warn(format!(
                                 "targeting: sem_ver: unknown operator \"{o}\" (expected one of =, !=, <, <=, >, >=, ^, ~)"
                             ));
                         }
@@ -474,7 +537,7 @@ impl<'d> Compiler<'d> {
                 }
                 Node::SemVer(self.args(arg, d))
             }
-            "fractional" => self.fractional(arg, d),
+            "fractional" => self.fractional(arg, d, res),
             _ => {
                 let hint = OPERATORS
                     .iter()
@@ -483,7 +546,7 @@ impl<'d> Compiler<'d> {
                     .min()
                     .map(|(_, k)| format!(" (did you mean \"{k}\"?)"))
                     .unwrap_or_default();
-                self.problem(format!("targeting: unknown operator \"{op}\"{hint}"));
+                self.parse_error(format!("targeting: unknown operator \"{op}\"{hint}"));
                 null()
             }
         }
@@ -513,7 +576,7 @@ impl<'d> Compiler<'d> {
         var_path(&key_str, default)
     }
 
-    fn fractional(&mut self, arg: &'d Value, d: usize) -> Node {
+    fn fractional(&mut self, arg: &'d Value, d: usize, res: bool) -> Node {
         let items = match arg {
             Value::Array(a) => a,
             Value::Object(m) if !m.is_empty() => {
@@ -523,12 +586,12 @@ impl<'d> Compiler<'d> {
                 }))
             }
             _ => {
-                self.problem("targeting: \"fractional\" needs an array of buckets".to_string());
+                self.warn("targeting: \"fractional\" needs an array of buckets".to_string());
                 return Node::Const(Value::Null);
             }
         };
         if items.is_empty() {
-            self.problem("targeting: \"fractional\" needs at least one bucket".to_string());
+            self.warn("targeting: \"fractional\" needs at least one bucket".to_string());
             return Node::Const(Value::Null);
         }
         let (by, rest) = if items[0].is_array() {
@@ -537,7 +600,7 @@ impl<'d> Compiler<'d> {
             (Some(self.node(&items[0], d + 1)), &items[1..])
         };
         if rest.is_empty() {
-            self.problem("targeting: \"fractional\" needs at least one bucket".to_string());
+            self.warn("targeting: \"fractional\" needs at least one bucket".to_string());
         }
         let nodes: Vec<Node> = rest.iter().map(|b| self.node(b, d + 1)).collect();
         if !nodes.iter().all(|n| matches!(n, Node::Const(_))) {
@@ -546,66 +609,56 @@ impl<'d> Compiler<'d> {
                 buckets: Buckets::Dynamic(nodes),
             }));
         }
+        // Literal buckets: checked once here. flagd loads a bad bucket and
+        // answers `null` at evaluation time (a negative weight counts as 0);
+        // we do the same and report it as a warning.
         let mut entries = Vec::with_capacity(nodes.len());
         let mut total: u64 = 0;
+        let mut invalid = false;
         for n in &nodes {
             let Node::Const(b) = n else { continue };
-            let Some(b) = b.as_array().filter(|b| !b.is_empty() && b.len() <= 2) else {
-                self.problem(format!(
-                    "targeting: fractional: bucket {b} must be [variant] or [variant, weight]"
-                ));
-                continue;
-            };
-            let variant = &b[0];
-            match variant {
-                Value::String(_) | Value::Number(_) | Value::Bool(_) | Value::Null => {}
-                _ => {
-                    self.problem(format!(
-                        "targeting: fractional: bucket variant {variant} must be a string"
+            let (variant, weight) = match parse_bucket(&Val::from_ref(b)) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.warn(format!(
+                        "targeting: fractional: bucket {b}: {}; the fractional answers null",
+                        e.0
                     ));
+                    invalid = true;
                     continue;
                 }
+            };
+            if let Some(Value::Number(w)) = b.as_array().and_then(|a| a.get(1)) {
+                if w.as_f64().is_some_and(|f| f < 0.0) {
+                    self.warn(format!(
+                        "targeting: fractional: weight {w} of variant {} is negative and counts as 0",
+                        variant.to_value()
+                    ));
+                }
             }
-            if let (Some(names), false) = (&self.variants, variant.is_null()) {
-                let name = to_js_string(&Val::from_ref(variant));
+            if let (true, Some(names), false) = (res, &self.variants, variant.is_null()) {
+                let name = to_js_string(&variant);
                 if !names.iter().any(|n| *n == name.as_ref()) {
                     let list = names.join(", ");
-                    self.problem(format!(
+                    self.warn(format!(
                         "targeting: fractional: variant \"{name}\" is not one of the variants [{list}]"
                     ));
                 }
             }
-            let weight = match b.get(1) {
-                None => 1,
-                Some(w) => match w.as_f64() {
-                    Some(f) if f.fract() == 0.0 && f >= 0.0 => f as u64,
-                    Some(f) if f.fract() == 0.0 => {
-                        self.problem(format!(
-                            "targeting: fractional: weight {w} of variant {variant} is negative"
-                        ));
-                        0
-                    }
-                    _ => {
-                        self.problem(format!(
-                            "targeting: fractional: weight {w} of variant {variant} is not an integer"
-                        ));
-                        0
-                    }
-                },
-            };
             total = total.saturating_add(weight);
-            entries.push((variant.clone(), weight));
+            entries.push((variant.to_value(), weight));
         }
-        if total > i32::MAX as u64 {
-            self.problem(format!(
-                "targeting: fractional: weights sum to {total}, more than {}",
-                i32::MAX
+        if !invalid && total > MAX_TOTAL_WEIGHT {
+            self.warn(format!(
+                "targeting: fractional: weights sum to {total}, more than {MAX_TOTAL_WEIGHT}; the fractional answers null"
             ));
         }
-        Node::Fractional(Box::new(Fractional {
-            by,
-            buckets: Buckets::Static(entries, total),
-        }))
+        let buckets = if invalid {
+            Buckets::Invalid
+        } else {
+            Buckets::Static(entries, total)
+        };
+        Node::Fractional(Box::new(Fractional { by, buckets }))
     }
 
     /// Pre-evaluates an operation whose arguments are all constants.
@@ -619,11 +672,12 @@ impl<'d> Compiler<'d> {
         match r {
             Ok(v) => Node::Const(v),
             Err(e) => {
-                self.problem(format!(
+                // Kept as is: it fails at evaluation time, as in flagd-core.
+                self.warn(format!(
                     "targeting: \"{op}\" on constant arguments fails: {}",
                     e.0
                 ));
-                Node::Const(Value::Null)
+                node
             }
         }
     }
@@ -1483,13 +1537,13 @@ fn sem_ver<'v>(a: &Val<'_>, op: &Val<'_>, b: &Val<'_>) -> Val<'v> {
 
 /// flagd's bucket: `hash * total >> 32` against cumulative weights.
 fn pick<'v, I: Iterator<Item = (Val<'v>, u64)>>(hash: u32, total: u64, entries: I) -> Val<'v> {
-    if total > i32::MAX as u64 {
+    if total > MAX_TOTAL_WEIGHT {
         return Val::Null;
     }
     let bucket = (u64::from(hash) * total) >> 32;
     let mut sum = 0u64;
     for (variant, w) in entries {
-        sum += w;
+        sum = sum.saturating_add(w);
         if sum > bucket {
             return variant;
         }
@@ -1513,26 +1567,61 @@ fn hash_for(by: Option<&Val<'_>>, env: &Env<'_>) -> Option<u32> {
     }
 }
 
-fn dyn_bucket<'v>(b: &Val<'v>) -> Option<(Val<'v>, u64)> {
-    let len = b.array_len()?;
+/// flagd's largest weight, and largest sum of weights.
+const MAX_TOTAL_WEIGHT: u64 = i32::MAX as u64;
+
+/// One bucket, `[variant]` or `[variant, weight]`, as flagd reads it: a
+/// negative integer weight counts as 0; a weight that is not an integer or is
+/// above `i32::MAX` is an error (the `fractional` gives `null`). Total on any
+/// number (`1e300`, `-1e300`), never overflowing.
+fn parse_bucket<'v>(b: &Val<'v>) -> Result<(Val<'v>, u64), LogicError> {
+    let len = b.array_len().ok_or(LogicError(
+        "a bucket must be [variant] or [variant, weight]",
+    ))?;
     if len == 0 || len > 2 {
-        return None;
+        return Err(LogicError(
+            "a bucket must be [variant] or [variant, weight]",
+        ));
     }
-    let variant = b.array_get(0)?;
+    let variant = b.array_get(0).unwrap_or(Val::Null);
     if variant.is_object_like() {
-        return None;
+        return Err(LogicError(
+            "a bucket variant must be a string, number, boolean or null",
+        ));
     }
     let w = match b.array_get(1) {
-        None => 1,
-        Some(Val::Num(f)) if f.fract() == 0.0 && f.is_finite() => f.max(0.0) as u64,
-        Some(_) => return None,
+        None | Some(Val::Null) => 1,
+        Some(Val::Num(f)) if f.is_finite() && f.fract() == 0.0 => {
+            if f > MAX_TOTAL_WEIGHT as f64 {
+                return Err(LogicError("a bucket weight is above 2147483647"));
+            }
+            // In range 0..=i32::MAX, or negative: clamped to 0.
+            f.max(0.0) as u64
+        }
+        Some(Val::Num(_)) => return Err(LogicError("a bucket weight must be an integer")),
+        Some(_) => return Err(LogicError("a bucket weight must be a number")),
     };
-    Some((variant, w))
+    Ok((variant, w))
+}
+
+/// Buckets evaluated at run time; `None` when one is invalid.
+fn parse_buckets<'v>(bs: impl Iterator<Item = Val<'v>>) -> Option<(Vec<(Val<'v>, u64)>, u64)> {
+    let mut entries = Vec::new();
+    let mut total = 0u64;
+    for b in bs {
+        let e = parse_bucket(&b).ok()?;
+        // Each weight is at most i32::MAX, so this cannot overflow for any
+        // realistic count; saturate anyway.
+        total = total.saturating_add(e.1);
+        entries.push(e);
+    }
+    Some((entries, total))
 }
 
 fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> {
     let by = f.by.as_ref().map(|n| eval(n, env, sc)).transpose()?;
     match &f.buckets {
+        Buckets::Invalid => Ok(Val::Null),
         Buckets::Static(entries, total) => {
             let Some(hash) = hash_for(by.as_ref(), env) else {
                 return Ok(Val::Null);
@@ -1547,15 +1636,14 @@ fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> 
             let Some(hash) = hash_for(by.as_ref(), env) else {
                 return Ok(Val::Null);
             };
-            let mut entries = Vec::with_capacity(nodes.len());
+            let mut vals = Vec::with_capacity(nodes.len());
             for n in nodes {
-                match dyn_bucket(&eval(n, env, sc)?) {
-                    Some(e) => entries.push(e),
-                    None => return Ok(Val::Null),
-                }
+                vals.push(eval(n, env, sc)?);
             }
-            let total = entries.iter().map(|e| e.1).sum();
-            Ok(pick(hash, total, entries.into_iter()))
+            match parse_buckets(vals.into_iter()) {
+                Some((entries, total)) => Ok(pick(hash, total, entries.into_iter())),
+                None => Ok(Val::Null),
+            }
         }
         Buckets::Spread(n) => {
             let args = spread(eval(n, env, sc)?);
@@ -1567,15 +1655,10 @@ fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> 
             let Some(hash) = hash_for(by, env) else {
                 return Ok(Val::Null);
             };
-            let mut entries = Vec::with_capacity(rest.len());
-            for b in rest {
-                match dyn_bucket(b) {
-                    Some(e) => entries.push(e),
-                    None => return Ok(Val::Null),
-                }
+            match parse_buckets(rest.iter().cloned()) {
+                Some((entries, total)) => Ok(pick(hash, total, entries.into_iter())),
+                None => Ok(Val::Null),
             }
-            let total = entries.iter().map(|e| e.1).sum();
-            Ok(pick(hash, total, entries.into_iter()))
         }
     }
 }

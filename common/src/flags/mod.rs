@@ -6,7 +6,7 @@
 //! The flagd flag-definition JSON (<https://flagd.dev/reference/flag-definitions/>):
 //! `{"$schema"?, "flags": {KEY: {state, variants, defaultVariant?, targeting?,
 //! metadata?}}, "$evaluators"?, "metadata"?}`. `{"$ref": NAME}` anywhere in a
-//! rule is replaced by the named evaluator (nested references and cycles are
+//! rule refers to the named evaluator (nested references and cycles are
 //! handled).
 //!
 //! # Semantics: which flagd
@@ -53,15 +53,23 @@
 //!   UTF-16 code units with `imurmurhash` (one "byte" per code unit), while the
 //!   flagd daemon (Go) hashes UTF-8 bytes. We hash UTF-8 like the daemon, so a
 //!   migration from flagd moves nobody; for ASCII strings all three agree.
-//! * **Validation is stricter and whole-file.** flagd-core only warns on
-//!   schema problems and turns a bad rule into `PARSE_ERROR` at evaluation
-//!   time. We reject the whole definition and list every problem: unknown
-//!   operators, operations with several keys, wrong arity of `starts_with`,
-//!   `ends_with`, `sem_ver`, an unknown `sem_ver` operator, literal
-//!   `fractional` buckets that are malformed, negative, not integers, sum above
-//!   `i32::MAX` or name no variant, constant sub-expressions that always fail
-//!   (`{"/": [1, 0]}`), unknown fields, non-object targeting, mixed variant
-//!   types, metadata values that are not primitives.
+//! * **What loads.** A flag whose targeting flagd would load is served and
+//!   answers as flagd does at evaluation time; each such problem is listed in
+//!   [`FlagSet::warnings`], naming the flag and the problem. Unknown
+//!   operators, operations with several keys, `$ref` to nothing (or in a
+//!   cycle) and lazy operators without an argument array make the flag answer
+//!   `PARSE_ERROR` (the value is the caller's default); wrong arity of
+//!   `starts_with`, `ends_with`, `sem_ver`, an unknown `sem_ver` operator
+//!   and literal `fractional` buckets that are malformed, not integers, above
+//!   `i32::MAX` in sum give `null` (the default variant); a negative weight
+//!   counts as 0; a literal `fractional` bucket naming no variant fails with
+//!   `GENERAL` when picked; a constant sub-expression that always fails
+//!   (`{"/": [1, 0]}`) fails with `GENERAL`. Structural problems are still
+//!   refused whole, listing every problem ([`DefinitionError`]): invalid
+//!   JSON, unknown fields, a missing or invalid `state`, `variants` or
+//!   `defaultVariant`, non-object targeting, mixed variant types, metadata
+//!   values that are not primitives, and our limits (rule depth, compiled
+//!   size). flagd only logs schema violations; we refuse them.
 //! * `{"var": "$flagd"}` (the whole injected object) gives `null`; only
 //!   `$flagd.flagKey` and `$flagd.timestamp` are provided. `"../"` scope
 //!   climbing in `var` inside `map`/`filter` is not supported. Strings are
@@ -122,6 +130,9 @@ struct Flag {
     variants: Vec<(Box<str>, Value)>,
     default: Option<usize>,
     targeting: Option<Node>,
+    /// Why the targeting cannot run (unknown operator, `$ref` to nothing,
+    /// ...): flagd loads such a flag and answers `PARSE_ERROR`.
+    parse_error: Option<Box<str>>,
     /// Set metadata with the flag's own merged over it.
     metadata: Map<String, Value>,
 }
@@ -392,6 +403,7 @@ impl FlagSet {
 
     fn compile(definition: Value) -> Result<FlagSet, DefinitionError> {
         let mut problems = Vec::new();
+        let mut warnings = Vec::new();
         let Value::Object(top) = &definition else {
             return Err(DefinitionError {
                 problems: vec![format!(
@@ -427,9 +439,12 @@ impl FlagSet {
             for (name, rule) in evs {
                 let mut c = Compiler::new(evaluators);
                 let _ = c.compile(rule);
-                for p in c.problems {
-                    let p = p.strip_prefix("targeting: ").unwrap_or(&p).to_string();
-                    problems.push(format!("$evaluators \"{name}\": {p}"));
+                let strip = |p: &str| p.strip_prefix("targeting: ").unwrap_or(p).to_string();
+                for p in c.fatal {
+                    problems.push(format!("$evaluators \"{name}\": {}", strip(&p)));
+                }
+                for p in c.parse_errors.iter().chain(&c.warnings) {
+                    warnings.push(format!("$evaluators \"{name}\": {}", strip(p)));
                 }
             }
         }
@@ -438,7 +453,14 @@ impl FlagSet {
             None => problems.push("missing \"flags\" object".to_string()),
             Some(Value::Object(fm)) => {
                 for (key, def) in fm {
-                    if let Some(f) = compile_flag(key, def, evaluators, &metadata, &mut problems) {
+                    if let Some(f) = compile_flag(
+                        key,
+                        def,
+                        evaluators,
+                        &metadata,
+                        &mut problems,
+                        &mut warnings,
+                    ) {
                         flags.push(f);
                     }
                 }
@@ -456,7 +478,7 @@ impl FlagSet {
             definition,
             flags,
             metadata,
-            warnings: Vec::new(),
+            warnings,
         })
     }
 
@@ -534,6 +556,7 @@ fn compile_flag(
     evaluators: Option<&Map<String, Value>>,
     set_metadata: &Map<String, Value>,
     problems: &mut Vec<String>,
+    warnings: &mut Vec<String>,
 ) -> Option<Flag> {
     let start = problems.len();
     let pfx = format!("flag \"{key}\": ");
@@ -628,6 +651,7 @@ fn compile_flag(
             None
         }
     };
+    let mut parse_error = None;
     let targeting = match def.get("targeting") {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) if m.is_empty() => None,
@@ -635,9 +659,20 @@ fn compile_flag(
             let mut c = Compiler::new(evaluators);
             c.variants = Some(variants.iter().map(|v| &*v.0).collect());
             let node = c.compile(t);
-            for p in c.problems {
+            for p in c.fatal {
                 problems.push(format!("{pfx}{p}"));
             }
+            for p in &c.parse_errors {
+                warnings.push(format!("{pfx}{p}; the flag answers PARSE_ERROR"));
+            }
+            for p in c.warnings {
+                warnings.push(format!("{pfx}{p}"));
+            }
+            parse_error = c
+                .parse_errors
+                .into_iter()
+                .next()
+                .map(String::into_boxed_str);
             Some(node)
         }
         Some(other) => {
@@ -663,6 +698,7 @@ fn compile_flag(
         variants,
         default,
         targeting,
+        parse_error,
         metadata,
     })
 }
@@ -703,6 +739,15 @@ impl Flag {
         let Some(rule) = &self.targeting else {
             return self.default_eval(Reason::Static);
         };
+        if let Some(p) = &self.parse_error {
+            return self.without_value(
+                Reason::Error,
+                Some(EvalError {
+                    code: ErrorCode::ParseError,
+                    message: format!("error parsing targeting rule for flag '{}': {p}", self.key),
+                }),
+            );
+        }
         let env = Env::new(&ctx.attrs, &self.key);
         let result = match logic::eval(rule, &env, Scope::Root) {
             Ok(v) => v,

@@ -506,21 +506,11 @@ fn problems(def: Value) -> Vec<String> {
 }
 
 #[test]
-fn validation_messages_name_flag_and_problem() {
+fn refusals_name_flag_and_problem() {
     let cases: Vec<(Value, &str)> = vec![
         (
             json!({"flags": {"checkout": {"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "on"}}}),
             r#"flag "checkout": defaultVariant "on" is not one of the variants [a, b]"#,
-        ),
-        (
-            json!({"flags": {"x": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
-                                   "targeting": {"fractionl": [["a", 1]]}}}}),
-            r#"flag "x": targeting: unknown operator "fractionl" (did you mean "fractional"?)"#,
-        ),
-        (
-            json!({"flags": {"y": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
-                                   "targeting": {"$ref": "rules"}}}}),
-            r#"flag "y": $ref "rules" not found in $evaluators"#,
         ),
         (
             json!({"flags": {"m": {"state": "ENABLED", "variants": {"a": 1, "b": "x"}, "defaultVariant": "a"}}}),
@@ -529,37 +519,6 @@ fn validation_messages_name_flag_and_problem() {
         (
             json!({"flags": {"s": {"state": "ON", "variants": {"a": 1}, "defaultVariant": "a"}}}),
             r#"flag "s": invalid state "ON""#,
-        ),
-        (
-            json!({"flags": {"w": {"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a",
-                                   "targeting": {"fractional": [["a", -1], ["b", 2]]}}}}),
-            r#"flag "w": targeting: fractional: weight -1 of variant "a" is negative"#,
-        ),
-        (
-            json!({"flags": {"w": {"state": "ENABLED", "variants": {"a": 1, "b": 2}, "defaultVariant": "a",
-                                   "targeting": {"fractional": [["a", 1], ["c", 2]]}}}}),
-            r#"flag "w": targeting: fractional: variant "c" is not one of the variants [a, b]"#,
-        ),
-        (
-            json!({"flags": {"v": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
-                                   "targeting": {"sem_ver": [{"var": "v"}, "=>", "1.0.0"]}}}}),
-            r#"flag "v": targeting: sem_ver: unknown operator "=>""#,
-        ),
-        (
-            json!({"flags": {"k": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
-                                   "targeting": {"if": [{"var": "x"}, "a"], "or": []}}}}),
-            r#"flag "k": targeting: an operation must have exactly one key"#,
-        ),
-        (
-            json!({"flags": {"z": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
-                                   "targeting": {"/": [1, 0]}}}}),
-            r#"flag "z": targeting: "/" on constant arguments fails"#,
-        ),
-        (
-            json!({"flags": {"c": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
-                                   "targeting": {"$ref": "e1"}}},
-                   "$evaluators": {"e1": {"$ref": "e2"}, "e2": {"$ref": "e1"}}}),
-            r#"$ref cycle"#,
         ),
         (
             json!({"flags": {"u": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "colour": 1}}}),
@@ -579,11 +538,6 @@ fn validation_messages_name_flag_and_problem() {
                                     "metadata": {"x": {"y": 1}}}}}),
             r#"flag "md": metadata "x" must be a string, number or boolean"#,
         ),
-        (
-            json!({"flags": {"sw": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
-                                    "targeting": {"starts_with": [{"var": "e"}]}}}}),
-            r#"flag "sw": targeting: "starts_with" needs 2 arguments, found 1"#,
-        ),
     ];
     for (def, want) in cases {
         let ps = problems(def.clone());
@@ -594,8 +548,127 @@ fn validation_messages_name_flag_and_problem() {
     }
 }
 
+/// What one evaluation of flag `key` answers: the variant, `DEFAULT:<v>`,
+/// or the error code.
+fn answer(set: &FlagSet, key: &str, c: Value) -> String {
+    let e = set.evaluate(key, &ctx(c)).unwrap();
+    match (e.reason, &e.error) {
+        (Reason::Error, Some(err)) => err.code.as_str().to_string(),
+        (Reason::Default, _) => format!("DEFAULT:{}", e.variant.unwrap_or("-")),
+        _ => e.variant.unwrap_or("-").to_string(),
+    }
+}
+
+/// Problems flagd loads: the flag is served, answers as flagd does, and
+/// the problem is a warning naming the flag.
 #[test]
-fn validation_collects_every_problem() {
+fn flagd_loadable_problems_are_warnings_answered_at_evaluation() {
+    let ab = json!({"a": "a", "b": "b"});
+    let cases: Vec<(Value, Value, &str, &str)> = vec![
+        (
+            json!({"fractionl": [["a", 1]]}),
+            json!({}),
+            r#"flag "f": targeting: unknown operator "fractionl" (did you mean "fractional"?)"#,
+            "PARSE_ERROR",
+        ),
+        (
+            json!({"if": [true, "a", {"bogus": 1}]}),
+            json!({}),
+            r#"unknown operator "bogus""#,
+            "PARSE_ERROR",
+        ),
+        (
+            json!({"$ref": "rules"}),
+            json!({}),
+            r#"flag "f": $ref "rules" not found in $evaluators"#,
+            "PARSE_ERROR",
+        ),
+        (
+            json!({"if": [{"var": "x"}, "a"], "or": []}),
+            json!({}),
+            r#"flag "f": targeting: an operation must have exactly one key"#,
+            "PARSE_ERROR",
+        ),
+        (
+            json!({"fractional": [{"var": "targetingKey"}, ["a", -1], ["b", 2]]}),
+            json!({"targetingKey": "u"}),
+            r#"flag "f": targeting: fractional: weight -1 of variant "a" is negative and counts as 0"#,
+            "b",
+        ),
+        (
+            json!({"fractional": [{"var": "targetingKey"}, ["a", 1.5], ["b", 2]]}),
+            json!({"targetingKey": "u"}),
+            r#"flag "f": targeting: fractional: bucket ["a",1.5]: a bucket weight must be an integer"#,
+            "DEFAULT:a",
+        ),
+        (
+            json!({"fractional": [["a", 2147483647], ["b", 1]]}),
+            json!({"targetingKey": "u"}),
+            "weights sum to 2147483648, more than 2147483647",
+            "DEFAULT:a",
+        ),
+        (
+            json!({"fractional": [{"var": "targetingKey"}, ["c", 1]]}),
+            json!({"targetingKey": "u"}),
+            r#"flag "f": targeting: fractional: variant "c" is not one of the variants [a, b]"#,
+            "GENERAL",
+        ),
+        (
+            json!({"sem_ver": [{"var": "v"}, "=>", "1.0.0"]}),
+            json!({"v": "1.0.0"}),
+            r#"flag "f": targeting: sem_ver: unknown operator "=>""#,
+            "DEFAULT:a",
+        ),
+        (
+            json!({"sem_ver": [{"var": "v"}, "="]}),
+            json!({"v": "1.0.0"}),
+            r#"flag "f": targeting: "sem_ver" needs 3 arguments, found 2"#,
+            "DEFAULT:a",
+        ),
+        (
+            json!({"starts_with": [{"var": "e"}]}),
+            json!({"e": "abc"}),
+            r#"flag "f": targeting: "starts_with" needs 2 arguments, found 1"#,
+            "DEFAULT:a",
+        ),
+        (
+            json!({"/": [1, 0]}),
+            json!({}),
+            r#"flag "f": targeting: "/" on constant arguments fails"#,
+            "GENERAL",
+        ),
+    ];
+    for (targeting, c, want, answers) in cases {
+        let def = json!({"flags": {"f": {"state": "ENABLED", "variants": ab, "defaultVariant": "a",
+                                          "targeting": targeting}}});
+        let set = FlagSet::from_value(&def)
+            .unwrap_or_else(|e| panic!("{targeting} must load (flagd loads it), got {e}"));
+        assert!(
+            set.warnings().iter().any(|w| w.contains(want)),
+            "{targeting}: expected a warning like {want:?}, got {:?}",
+            set.warnings()
+        );
+        assert_eq!(answer(&set, "f", c), answers, "{targeting}");
+    }
+}
+
+#[test]
+fn ref_cycle_is_a_parse_error() {
+    let set = FlagSet::from_value(&json!({
+        "flags": {"c": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                        "targeting": {"$ref": "e1"}}},
+        "$evaluators": {"e1": {"$ref": "e2"}, "e2": {"$ref": "e1"}}}))
+    .unwrap();
+    assert!(
+        set.warnings().iter().any(|w| w.contains("$ref cycle")),
+        "{:?}",
+        set.warnings()
+    );
+    assert_eq!(answer(&set, "c", json!({})), "PARSE_ERROR");
+}
+
+#[test]
+fn refusals_and_warnings_are_collected_together() {
     let err = FlagSet::from_value(&json!({"flags": {
         "a": {"state": "ENABLED", "variants": {"x": 1}, "defaultVariant": "y"},
         "b": {"state": "NOPE", "variants": {"x": 1}, "defaultVariant": "x"},
@@ -603,17 +676,21 @@ fn validation_collects_every_problem() {
               "targeting": {"if": [{"bogus": 1}, "x", {"$ref": "missing"}]}}
     }}))
     .unwrap_err();
-    assert_eq!(err.problems.len(), 4, "{err}");
+    assert_eq!(err.problems.len(), 2, "{err}");
     let text = err.to_string();
-    for part in [
-        r#"flag "a""#,
-        r#"flag "b""#,
-        r#"unknown operator "bogus""#,
-        r#"$ref "missing""#,
-    ] {
+    for part in [r#"flag "a""#, r#"flag "b""#] {
         assert!(text.contains(part), "{text}");
     }
     assert!(text.contains("; "));
+    let set = FlagSet::from_value(&json!({"flags": {
+        "c": {"state": "ENABLED", "variants": {"x": 1}, "defaultVariant": "x",
+              "targeting": {"if": [{"bogus": 1}, "x", {"$ref": "missing"}]}}
+    }}))
+    .unwrap();
+    let w = set.warnings().join("; ");
+    for part in [r#"unknown operator "bogus""#, r#"$ref "missing""#] {
+        assert!(w.contains(part), "{w}");
+    }
 }
 
 #[test]
@@ -728,4 +805,250 @@ fn context_helpers() {
 fn flagset_is_send_sync() {
     fn check<T: Send + Sync>() {}
     check::<FlagSet>();
+}
+
+/// flagd's conformance suite (flagd-testbed v3.9.0, see
+/// `testdata/flagd-testbed/README.md`): every flag file loads, and the flags
+/// flagd loads with problems answer as the suite expects.
+const TESTBED: &[(&str, &str)] = &[
+    (
+        "changing-flag.json",
+        include_str!("testdata/flagd-testbed/changing-flag.json"),
+    ),
+    (
+        "custom-ops.json",
+        include_str!("testdata/flagd-testbed/custom-ops.json"),
+    ),
+    (
+        "disabled-flags.json",
+        include_str!("testdata/flagd-testbed/disabled-flags.json"),
+    ),
+    (
+        "edge-case-flags.json",
+        include_str!("testdata/flagd-testbed/edge-case-flags.json"),
+    ),
+    (
+        "evaluator-refs.json",
+        include_str!("testdata/flagd-testbed/evaluator-refs.json"),
+    ),
+    (
+        "metadata-flags.json",
+        include_str!("testdata/flagd-testbed/metadata-flags.json"),
+    ),
+    (
+        "selector-flag-combined-metadata.json",
+        include_str!("testdata/flagd-testbed/selector-flag-combined-metadata.json"),
+    ),
+    (
+        "selector-flags.json",
+        include_str!("testdata/flagd-testbed/selector-flags.json"),
+    ),
+    (
+        "testing-flags.json",
+        include_str!("testdata/flagd-testbed/testing-flags.json"),
+    ),
+    (
+        "testkit-flags.json",
+        include_str!("testdata/flagd-testbed/testkit-flags.json"),
+    ),
+    (
+        "zero-flags.json",
+        include_str!("testdata/flagd-testbed/zero-flags.json"),
+    ),
+];
+
+fn testbed(name: &str) -> FlagSet {
+    let (_, text) = TESTBED.iter().find(|(n, _)| *n == name).expect("vendored");
+    FlagSet::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn flagd_testbed_files_all_load() {
+    for (name, text) in TESTBED {
+        let set = FlagSet::parse(text).unwrap_or_else(|e| panic!("{name} must load: {e}"));
+        assert!(!set.is_empty(), "{name}");
+        let raw: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            set.len(),
+            raw["flags"].as_object().unwrap().len(),
+            "{name}: every flag is served"
+        );
+        for w in set.warnings() {
+            assert!(
+                w.starts_with("flag \"") || w.starts_with("$evaluators \""),
+                "{w}"
+            );
+        }
+    }
+    // Warnings name the flag and the problem.
+    let w = testbed("edge-case-flags.json").warnings().join("\n");
+    for part in [
+        r#"flag "error-targeting-flag": targeting: unknown operator "invalid""#,
+        r#"flag "fractional-negative-weight-flag": targeting: fractional: weight -50"#,
+        r#"flag "starts-with-wrong-args-flag": targeting: "starts_with" needs 2 arguments"#,
+        r#"flag "semver-invalid-operator-flag": targeting: sem_ver: unknown operator "===""#,
+    ] {
+        assert!(w.contains(part), "{part} not in\n{w}");
+    }
+    // No warning for `fractional` in an `if` condition (its values are not variants).
+    assert!(
+        !testbed("custom-ops.json")
+            .warnings()
+            .iter()
+            .any(|w| w.contains("fractional-as-condition")),
+        "{:?}",
+        testbed("custom-ops.json").warnings()
+    );
+}
+
+#[test]
+fn flagd_testbed_answers_for_flags_with_problems() {
+    // (file, flag, context, answer) as in the testbed's gherkin scenarios
+    // (gherkin/targeting.feature, evaluator/gherkin/*.feature).
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        (
+            "edge-case-flags.json",
+            "error-targeting-flag",
+            json!({}),
+            "PARSE_ERROR",
+        ),
+        (
+            "edge-case-flags.json",
+            "targeting-null-variant-flag",
+            json!({}),
+            "DEFAULT:two",
+        ),
+        (
+            "edge-case-flags.json",
+            "missing-variant-targeting-flag",
+            json!({}),
+            "GENERAL",
+        ),
+        (
+            "edge-case-flags.json",
+            "empty-targeting-flag",
+            json!({}),
+            "false",
+        ),
+        (
+            "edge-case-flags.json",
+            "targeting-null-flag",
+            json!({}),
+            "DEFAULT:two",
+        ),
+        (
+            "edge-case-flags.json",
+            "semver-invalid-version-flag",
+            json!({"version": "not-a-version"}),
+            "DEFAULT:fallback",
+        ),
+        (
+            "edge-case-flags.json",
+            "semver-invalid-operator-flag",
+            json!({"version": "1.0.0"}),
+            "DEFAULT:fallback",
+        ),
+        (
+            "edge-case-flags.json",
+            "semver-wrong-args-flag",
+            json!({"version": "1.0.0"}),
+            "DEFAULT:fallback",
+        ),
+        (
+            "edge-case-flags.json",
+            "fractional-null-bucket-key-flag",
+            json!({}),
+            "DEFAULT:fallback",
+        ),
+        (
+            "edge-case-flags.json",
+            "starts-with-non-string-flag",
+            json!({"num": 123}),
+            "DEFAULT:fallback",
+        ),
+        (
+            "edge-case-flags.json",
+            "ends-with-non-string-flag",
+            json!({"num": 123}),
+            "DEFAULT:fallback",
+        ),
+        (
+            "edge-case-flags.json",
+            "starts-with-wrong-args-flag",
+            json!({}),
+            "DEFAULT:fallback",
+        ),
+        (
+            "edge-case-flags.json",
+            "ends-with-wrong-args-flag",
+            json!({}),
+            "DEFAULT:fallback",
+        ),
+        (
+            "edge-case-flags.json",
+            "fractional-zero-weights-flag",
+            json!({"targetingKey": "any-user"}),
+            "DEFAULT:fallback",
+        ),
+        (
+            "edge-case-flags.json",
+            "fractional-negative-weight-flag",
+            json!({"targetingKey": "any-user"}),
+            "two",
+        ),
+        (
+            "evaluator-refs.json",
+            "ref-to-nonexistent-evaluator-flag",
+            json!({}),
+            "PARSE_ERROR",
+        ),
+        (
+            "evaluator-refs.json",
+            "some-email-targeted-flag",
+            json!({"email": "ballmer@macrosoft.com"}),
+            "hi",
+        ),
+        (
+            "custom-ops.json",
+            "fractional-as-condition-flag",
+            json!({"targetingKey": "some-targeting-key"}),
+            "big",
+        ),
+        (
+            "custom-ops.json",
+            "fractional-as-condition-false-flag",
+            json!({"targetingKey": "some-targeting-key"}),
+            "small",
+        ),
+        (
+            "testkit-flags.json",
+            "fractional-as-condition-flag",
+            json!({"targetingKey": "some-targeting-key"}),
+            "big",
+        ),
+        (
+            "testkit-flags.json",
+            "fractional-negative-weight-flag",
+            json!({"targetingKey": "any-user"}),
+            "two",
+        ),
+        (
+            "testkit-flags.json",
+            "string-targeted-zero-flag",
+            json!({"email": "ballmer@macrosoft.com"}),
+            "zero",
+        ),
+        // zero-flags.json refers to an evaluator it does not define.
+        (
+            "zero-flags.json",
+            "string-targeted-zero-flag",
+            json!({"email": "ballmer@macrosoft.com"}),
+            "PARSE_ERROR",
+        ),
+        ("zero-flags.json", "string-zero-flag", json!({}), "zero"),
+    ];
+    for (file, key, c, want) in cases {
+        let set = testbed(file);
+        assert_eq!(answer(&set, key, c.clone()), want, "{file} {key} {c}");
+    }
 }
