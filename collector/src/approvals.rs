@@ -317,10 +317,10 @@ pub async fn check(ctx: &Ctx, mut op: Op, accept_warnings: bool) -> Result<Op, F
         } => {
             let c = store::flags::check_apply(definition.clone()).await?;
             if accept_warnings {
-                *accepted_warnings = c.warnings.clone();
+                *accepted_warnings = c.warnings().to_vec();
             }
             let unaccepted: Vec<String> = c
-                .warnings
+                .warnings()
                 .iter()
                 .filter(|w| !accepted_warnings.contains(w))
                 .cloned()
@@ -345,8 +345,8 @@ pub async fn check(ctx: &Ctx, mut op: Op, accept_warnings: bool) -> Result<Op, F
                 default_variant.as_deref(),
             )
             .await?;
-            if !c.new_warnings.is_empty() {
-                return Err(FlagError::Warnings(c.new_warnings));
+            if !c.new_warnings().is_empty() {
+                return Err(FlagError::Warnings(c.new_warnings().to_vec()));
             }
             *checked = Some(Arc::new(c));
         }

@@ -231,12 +231,20 @@ pub fn compile(definition: &Value) -> Result<FlagSet, FlagError> {
 }
 
 /// A whole definition compiled for `flags apply`. What it contains does not
-/// depend on the revision in force, so it cannot go stale.
+/// depend on the revision in force, so it cannot go stale. Only
+/// [`check_apply`] makes one: the writer trusts it.
 #[derive(Debug, Clone)]
 pub struct CheckedApply {
-    pub definition: Value,
+    definition: Value,
     /// Every warning of the definition.
-    pub warnings: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl CheckedApply {
+    /// Every warning of the definition, each naming the flag and the problem.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
 }
 
 /// Compiles a definition for `flags apply`, off the writer.
@@ -282,20 +290,33 @@ pub async fn preview(
 }
 
 /// One flag's change (`flags set`) computed from the revision in force and
-/// compiled, for [`set`] to write if that revision is still in force.
+/// compiled, for [`set`] to write if that revision is still in force. Only
+/// [`check_set`] makes one: the writer trusts it.
 #[derive(Debug, Clone)]
 pub struct CheckedSet {
-    pub environment: String,
-    pub key: String,
+    environment: String,
+    key: String,
     /// The revision the change was computed from (`None`: the environment
     /// had none).
-    pub base_revision: Option<u64>,
+    base_revision: Option<u64>,
     /// The whole definition after the change.
-    pub definition: Value,
-    pub warnings: Vec<String>,
+    definition: Value,
+    warnings: Vec<String>,
     /// Warnings the revision it changes did not have (those it had were
     /// accepted when that revision was applied).
-    pub new_warnings: Vec<String>,
+    new_warnings: Vec<String>,
+}
+
+impl CheckedSet {
+    /// Every warning of the changed definition.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The warnings the revision it changes did not have.
+    pub fn new_warnings(&self) -> &[String] {
+        &self.new_warnings
+    }
 }
 
 /// Computes and compiles a change of one flag's state or default variant,
