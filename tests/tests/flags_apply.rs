@@ -219,7 +219,7 @@ fn a_ref_explosion_is_refused_naming_the_budget_while_a_kill_goes_through() {
     // kills while the definition is being checked: each one goes through
     let mut kills: u64 = 0;
     loop {
-        let verb = if kills % 2 == 0 { "kill" } else { "revive" };
+        let verb = if kills.is_multiple_of(2) { "kill" } else { "revive" };
         c.ok(&[verb, "checkout", "--env", "prod", "--reason", "incident"]);
         kills += 1;
         if apply.is_finished() {
