@@ -397,3 +397,52 @@ async fn api_apply_set_and_dry_run_with_warnings() {
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_refuses_warnings_the_request_did_not_accept() {
+    let h = Harness::start().await;
+    let before = h.latest("prod").await.revision;
+    let (status, v) = h
+        .api(
+            &h.alice_token,
+            "/flags/apply",
+            Some(json!({"environment": "prod", "definition": with_warning(), "reason": "r", "accept_warnings": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let id = v["approval"]["id"].as_str().unwrap().to_string();
+    // a request recorded without the acceptance (as one made before the
+    // definition gained its warning would be)
+    h.store()
+        .write(|tx| {
+            tx.execute(
+                "UPDATE approvals SET payload = json_remove(payload, '$.accepted_warnings')",
+                [],
+            )?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let bob = h.login("bob").await;
+    let (status, body) = h
+        .post_form(
+            &bob,
+            &format!("/console/approvals/{id}/approve"),
+            &[("reason", "ok")],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body.contains("did not accept") && body.contains("no_such_op"),
+        "{body}"
+    );
+    assert_eq!(h.latest("prod").await.revision, before);
+    let still = h
+        .store()
+        .read(move |c| store::approvals::get(c, &id))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.state, "pending");
+    h.stop().await;
+}

@@ -366,11 +366,7 @@ pub async fn check_set(
         let accepted = compile(&before)
             .map(|s| s.warnings().to_vec())
             .unwrap_or_default();
-        let new_warnings = warnings
-            .iter()
-            .filter(|w| !accepted.contains(w))
-            .cloned()
-            .collect();
+        let new_warnings = not_in(&warnings, &accepted);
         Ok(CheckedSet {
             environment,
             key,
@@ -381,6 +377,15 @@ pub async fn check_set(
         })
     })
     .await
+}
+
+/// The warnings of `after` that `before` does not have.
+fn not_in(after: &[String], before: &[String]) -> Vec<String> {
+    after
+        .iter()
+        .filter(|w| !before.contains(w))
+        .cloned()
+        .collect()
 }
 
 const STALE_PREFIX: &str = "the flags of environment";
@@ -635,6 +640,14 @@ mod tests {
             .unwrap();
         assert!(change.changed && rev.is_some());
         store.close();
+    }
+
+    #[test]
+    fn only_warnings_the_changed_revision_lacks_are_new() {
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(not_in(&w(&["a", "b"]), &w(&["b", "a"])).is_empty());
+        assert_eq!(not_in(&w(&["a", "c"]), &w(&["a"])), w(&["c"]));
+        assert_eq!(not_in(&w(&["a"]), &[]), w(&["a"]));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
