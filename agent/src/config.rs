@@ -5,6 +5,7 @@
 use common::config::{
     env_override, ByteSize, ConfigError, ConfigErrors, ConfigSource, HumanDuration,
 };
+use common::flags::{Bucketing, CompileOptions};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -67,6 +68,9 @@ pub struct CollectorSection {
 pub struct FlagsSection {
     pub file: Option<PathBuf>,
     pub poll_interval: Option<HumanDuration>,
+    /// How `fractional` hashes: "v2" (default, what the flagd daemon answers)
+    /// or "v3" (flagd's CBOR bucketing; moves every assignment).
+    pub fractional_bucketing: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +119,8 @@ pub struct Config {
     pub collector: Option<Collector>,
     pub flags_file: Option<PathBuf>,
     pub flags_poll: Duration,
+    /// How every revision and the flag file are compiled.
+    pub flag_options: CompileOptions,
     pub proxy: Option<Proxy>,
     pub killswitches: Vec<Killswitch>,
 }
@@ -375,6 +381,16 @@ impl Config {
                     .unwrap_or(Duration::from_secs(30)),
             });
         }
+        let bucketing = match f.flags.fractional_bucketing.as_deref() {
+            None => Bucketing::default(),
+            Some(b) => Bucketing::parse(b).unwrap_or_else(|| {
+                errs.push(src.error(
+                    "flags.fractional_bucketing",
+                    format!("{b:?} is not \"v2\" or \"v3\""),
+                ));
+                Bucketing::default()
+            }),
+        };
         if f.collector.is_none() && f.flags.file.is_none() {
             errs.push(src.error(
                 "flags.file",
@@ -399,6 +415,10 @@ impl Config {
                     .poll_interval
                     .map(|d| d.0)
                     .unwrap_or(Duration::from_secs(1)),
+                flag_options: CompileOptions {
+                    bucketing,
+                    ..CompileOptions::default()
+                },
                 proxy,
                 killswitches,
             })
@@ -450,5 +470,22 @@ mod tests {
         assert!(s.contains("agent.toml:7: killswitch[0].status"), "{s}");
         assert!(s.contains("killswitch[0].block"), "{s}");
         assert_eq!(e.0.len(), 4, "{s}");
+    }
+
+    #[test]
+    fn fractional_bucketing_defaults_to_v2_and_is_checked() {
+        let base = "service = \"web\"\nenvironment = \"prod\"\n[flags]\nfile = \"/tmp/f.json\"\n";
+        let c = load(base).unwrap();
+        assert_eq!(c.flag_options.bucketing, Bucketing::V2);
+        let c = load(&format!("{base}fractional_bucketing = \"v3\"\n")).unwrap();
+        assert_eq!(c.flag_options.bucketing, Bucketing::V3);
+        let c = load(&format!("{base}fractional_bucketing = \"v2\"\n")).unwrap();
+        assert_eq!(c.flag_options.bucketing, Bucketing::V2);
+        let e = load(&format!("{base}fractional_bucketing = \"v4\"\n")).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("agent.toml:5: flags.fractional_bucketing") && s.contains("\"v4\""),
+            "{s}"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Standalone mode: flags from a local flagd-format file, re-read when it
 //! changes (polled by modification time, size and inode; cheap and immune to
 //! editors that replace the file). A file that does not validate is logged
-//! and the previous definitions stay in force.
+//! and the previous definitions stay in force; a file flagd would load with
+//! problems (unknown operator, `$ref` to nothing, ...) is served, and each
+//! problem is logged as a warning.
 
 use crate::state::{Shared, Source};
 use common::wire::Revision;
@@ -36,10 +38,13 @@ pub fn load(shared: &Shared, path: &PathBuf, revision: u64) -> Result<u64, Strin
         flags,
         killswitches: Vec::new(),
     };
-    shared
+    let snap = shared
         .apply(rev, Source::File, common::time::now_ms())
-        .map(|s| s.revision)
-        .map_err(|e| format!("{}: {}", path.display(), e.reason))
+        .map_err(|e| format!("{}: {}", path.display(), e.reason))?;
+    for w in snap.flags.warnings() {
+        tracing::warn!(path = %path.display(), problem = %w, "flag file loaded with a problem flagd also loads");
+    }
+    Ok(snap.revision)
 }
 
 pub async fn watch(shared: Arc<Shared>, path: PathBuf, shutdown: CancellationToken) {
@@ -76,5 +81,78 @@ pub async fn watch(shared: Arc<Shared>, path: PathBuf, shutdown: CancellationTok
             }
             Err(e) => tracing::error!(error = %e, "flag file loader failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, File};
+    use common::config::ConfigSource;
+    use std::io::Write;
+    use std::sync::Mutex;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_file_with_warnings_is_served_and_each_warning_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.json");
+        std::fs::write(
+            &path,
+            r#"{"flags": {
+                "ok": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a"},
+                "bad-op": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                           "targeting": {"invalid": [1]}},
+                "bad-ref": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a",
+                            "targeting": {"$ref": "nothing"}}
+            }}"#,
+        )
+        .unwrap();
+        let src = ConfigSource {
+            file: "agent.toml".into(),
+            text: format!(
+                "service = \"web\"\nenvironment = \"prod\"\n[flags]\nfile = {:?}\n",
+                path.display().to_string()
+            ),
+        };
+        let file: File = src.parse().unwrap();
+        let shared = Shared::new(Arc::new(Config::resolve(&src, file).unwrap()), None);
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let n = tracing::subscriber::with_default(subscriber, || load(&shared, &path, 1)).unwrap();
+        assert_eq!(n, 1);
+        let snap = shared.snapshot.load_full().unwrap();
+        assert_eq!(snap.flags.len(), 3);
+        let logged = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let warns: Vec<&str> = logged.lines().filter(|l| l.contains("WARN")).collect();
+        assert_eq!(warns.len(), 2, "{logged}");
+        assert!(
+            warns
+                .iter()
+                .any(|l| l.contains("bad-op") && l.contains("unknown operator")),
+            "{logged}"
+        );
+        assert!(
+            warns
+                .iter()
+                .any(|l| l.contains("bad-ref") && l.contains("nothing")),
+            "{logged}"
+        );
     }
 }

@@ -14,6 +14,18 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
+/// Runs blocking work `f` without holding an async worker: under
+/// `block_in_place` on a multi-threaded runtime's thread, directly elsewhere
+/// (a blocking thread, no runtime, or a current-thread runtime, which has no
+/// other worker to hand its tasks to).
+fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Collector,
@@ -128,6 +140,11 @@ impl Shared {
 
     /// Compiles and installs `rev` as a whole, or leaves the snapshot in force
     /// untouched. The proxy and the hook runner see the new kill states at once.
+    ///
+    /// Compiling a large definition is blocking work: called from a worker
+    /// of the (multi-threaded) runtime, it runs under `block_in_place`, so the
+    /// worker's other tasks move to another thread meanwhile; from a blocking
+    /// thread (`spawn_blocking`) or outside a runtime it simply runs.
     pub fn apply(
         &self,
         rev: Revision,
@@ -136,7 +153,10 @@ impl Shared {
     ) -> Result<Arc<Snapshot>, Rejected> {
         // the compiled set takes the definition over (kept once, not twice)
         let mut rev = rev;
-        let flags = FlagSet::from_owned(std::mem::take(&mut rev.flags)).map_err(|e| {
+        let definition = std::mem::take(&mut rev.flags);
+        let opts = self.config.flag_options;
+        let compiled = off_the_workers(move || FlagSet::from_owned_with(definition, &opts));
+        let flags = compiled.map_err(|e| {
             Metrics::inc(&self.metrics.revisions_rejected);
             Rejected {
                 revision: rev.revision,
@@ -203,5 +223,116 @@ impl Shared {
             Source::Cache | Source::File => snap.received_ms,
         };
         ((now - confirmed).max(0) as f64) / 1000.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// The blocking work waits for a task that can only run if the worker
+    /// it was called on handed its tasks over: with one worker, running the
+    /// work on the worker itself would never see the message.
+    #[test]
+    fn blocking_work_does_not_hold_the_only_worker() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let got = rt.block_on(async {
+            tokio::spawn(async {
+                let (tx, rx) = mpsc::channel::<()>();
+                let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+                // a task queued on the same (only) worker
+                tokio::spawn(async move {
+                    let _ = go_rx.await;
+                    let _ = tx.send(());
+                });
+                off_the_workers(move || {
+                    let _ = go_tx.send(());
+                    rx.recv_timeout(Duration::from_secs(10)).is_ok()
+                })
+            })
+            .await
+            .unwrap()
+        });
+        assert!(got, "the blocking work held the worker");
+        // Elsewhere it simply runs.
+        assert_eq!(off_the_workers(|| 7), 7);
+        let ct = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(ct.block_on(async { off_the_workers(|| 8) }), 8);
+        assert_eq!(rt.block_on(async { off_the_workers(|| 9) }), 9);
+    }
+
+    fn shared_with(extra: &str) -> Shared {
+        use common::config::ConfigSource;
+        let src = ConfigSource {
+            file: "agent.toml".into(),
+            text: format!(
+                "service = \"web\"\nenvironment = \"prod\"\n[flags]\nfile = \"/nonexistent.json\"\n{extra}"
+            ),
+        };
+        let file: crate::config::File = src.parse().unwrap();
+        Shared::new(Arc::new(Config::resolve(&src, file).unwrap()), None)
+    }
+
+    /// `[flags] fractional_bucketing` decides how every revision compiles
+    /// (expected buckets from flagd-testbed 3.9 `fractional-basic-flag`).
+    #[test]
+    fn revisions_compile_with_the_configured_bucketing() {
+        let buckets: Vec<Value> = (1..=25)
+            .map(|i| serde_json::json!([format!("bucket{i}"), 4]))
+            .collect();
+        let mut variants = serde_json::Map::new();
+        for i in 1..=25 {
+            variants.insert(format!("bucket{i}"), Value::String(format!("bucket{i}")));
+        }
+        variants.insert("fallback".into(), "fallback".into());
+        let mut fractional = vec![serde_json::json!({"var": "hashing_input"})];
+        fractional.extend(buckets);
+        let flags = serde_json::json!({"flags": {"f": {
+            "state": "ENABLED", "variants": variants, "defaultVariant": "fallback",
+            "targeting": {"fractional": fractional}}}});
+        let rev = || Revision {
+            revision: 1,
+            environment: "prod".into(),
+            created_ms: 0,
+            flags: flags.clone(),
+            killswitches: Vec::new(),
+        };
+        let ctx = |v: Value| {
+            let mut c = EvalContext::new();
+            c.insert("hashing_input", v);
+            c
+        };
+        let v3 = shared_with("fractional_bucketing = \"v3\"\n");
+        let snap = v3.apply(rev(), Source::Collector, 0).unwrap();
+        let variant = |s: &Snapshot, v: Value| {
+            s.flags
+                .evaluate("f", &ctx(v))
+                .unwrap()
+                .variant
+                .map(String::from)
+        };
+        assert_eq!(
+            variant(&snap, Value::from(123)).as_deref(),
+            Some("bucket20")
+        );
+        assert_eq!(
+            variant(&snap, Value::from("user1")).as_deref(),
+            Some("bucket22")
+        );
+        let v2 = shared_with("");
+        let snap = v2.apply(rev(), Source::Collector, 0).unwrap();
+        // v2 hashes strings only: a number gives the default variant.
+        assert_eq!(
+            variant(&snap, Value::from(123)).as_deref(),
+            Some("fallback")
+        );
     }
 }

@@ -148,6 +148,7 @@ fn agent_config(i: usize, dir: &Path, ingest: &str, token: &str) -> Config {
         }),
         flags_file: None,
         flags_poll: Duration::from_secs(1),
+        flag_options: Default::default(),
         proxy: None,
         killswitches: vec![Killswitch {
             name: SWITCH.into(),

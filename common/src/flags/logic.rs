@@ -3,17 +3,29 @@
 //! Semantics follow `json-logic-engine` 5.x in compiled mode, the engine that
 //! `@openfeature/flagd-core` runs, plus flagd's four custom operators.
 
+use super::cbor;
 use super::jsval::{
     append_js_string, js_cmp, loose_eq, strict_eq, strict_eq_value, to_js_string, Val,
 };
 use super::murmur::murmur3_32;
+use super::Bucketing;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
 
-/// Deepest nesting of operators accepted in a rule (after `$ref` inlining).
+/// Deepest nesting of operators accepted in a rule (counted through `$ref`).
 pub const MAX_RULE_DEPTH: usize = 64;
+
+/// Default budget of compiled nodes for a whole definition, and for what one
+/// `map`/`filter`/`all`/`some`/`none`/`reduce` body expands to through
+/// `$ref` (such a body is evaluated once per element, so its shared
+/// evaluators are not memoised). A 1 MiB definition compiles to fewer than
+/// 600,000 nodes.
+pub const MAX_COMPILED_NODES: u64 = 1_000_000;
 
 /// An evaluation failure; flagd-core reports these as `GENERAL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +146,211 @@ pub(crate) enum Node {
     StrCmp(bool, Args),
     SemVer(Args),
     Fractional(Box<Fractional>),
+    /// A `$ref` to a shared evaluator, compiled once for the whole set.
+    Ref(Arc<RefTarget>),
+}
+
+/// A compiled `$evaluators` entry, shared by every rule that refers to it.
+#[derive(Debug)]
+pub(crate) struct RefTarget {
+    /// Index of its memo slot in an evaluation (see `Env::refs`).
+    id: usize,
+    node: Node,
+    /// Nesting depth of `node`, `$ref`s included.
+    height: usize,
+    /// Size of `node` with every `$ref` expanded (saturating).
+    expanded: u64,
+}
+
+/// Sizes of a compiled rule.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Stats {
+    /// Nodes of this rule, a `$ref` counting 1 (its evaluator is counted once
+    /// for the set).
+    pub nodes: u64,
+    pub height: usize,
+    /// Nodes with every `$ref` expanded (saturating).
+    pub expanded: u64,
+    /// The largest expanded size of an iteration body.
+    pub max_body_expanded: u64,
+}
+
+impl Node {
+    fn each_child<'a>(&'a self, f: &mut dyn FnMut(&'a Node)) {
+        fn args<'a>(a: &'a Args, f: &mut dyn FnMut(&'a Node)) {
+            match a {
+                Args::List(l) => {
+                    for n in l {
+                        f(n)
+                    }
+                }
+                Args::Spread(n) => f(n),
+            }
+        }
+        match self {
+            Node::Const(_) | Node::Ref(_) => {}
+            Node::Array(l) | Node::If(l) | Node::Cmp(_, l) | Node::Or(l) | Node::And(l) => {
+                for n in l {
+                    f(n)
+                }
+            }
+            Node::Var { default, .. } => {
+                if let Some(n) = default {
+                    f(n)
+                }
+            }
+            Node::VarDyn { key, default } => {
+                f(key);
+                if let Some(n) = default {
+                    f(n)
+                };
+            }
+            Node::Missing(a)
+            | Node::Arith(_, a)
+            | Node::MinMax(_, a)
+            | Node::Cat(a)
+            | Node::Substr(a)
+            | Node::In(a)
+            | Node::Merge(a)
+            | Node::StrCmp(_, a)
+            | Node::SemVer(a) => args(a, f),
+            Node::MissingSome(n, a) => {
+                f(n);
+                args(a, f);
+            }
+            Node::Not(n) | Node::NotNot(n) => f(n),
+            Node::Iter(_, s, m) => {
+                f(s);
+                f(m);
+            }
+            Node::Reduce(s, m, i) => {
+                f(s);
+                f(m);
+                if let Some(n) = i {
+                    f(n)
+                }
+            }
+            Node::Fractional(fr) => {
+                if let Some(n) = &fr.by {
+                    f(n)
+                }
+                match &fr.buckets {
+                    Buckets::Static(..) | Buckets::Invalid => {}
+                    Buckets::Dynamic(l) => {
+                        for n in l {
+                            f(n)
+                        }
+                    }
+                    Buckets::Spread(n) => f(n),
+                }
+            }
+        }
+    }
+
+    /// Whether evaluating this rule can meet one shared evaluator more than
+    /// once (then its value is memoised per evaluation; otherwise the memo
+    /// would only cost an allocation). Visits each evaluator at most once.
+    pub(crate) fn meets_a_ref_twice(&self) -> bool {
+        fn walk(n: &Node, seen: &mut Vec<usize>) -> bool {
+            if let Node::Ref(t) = n {
+                if seen.contains(&t.id) {
+                    return true;
+                }
+                seen.push(t.id);
+                return walk(&t.node, seen);
+            }
+            let mut twice = false;
+            n.each_child(&mut |c| twice = twice || walk(c, seen));
+            twice
+        }
+        walk(self, &mut Vec::new())
+    }
+
+    /// Sizes of this rule (recursion bounded by the rule depth).
+    pub(crate) fn stats(&self) -> Stats {
+        if let Node::Ref(t) = self {
+            return Stats {
+                nodes: 1,
+                height: 1 + t.height,
+                expanded: 1u64.saturating_add(t.expanded),
+                max_body_expanded: 0,
+            };
+        }
+        let mut st = Stats {
+            nodes: 1,
+            height: 1,
+            expanded: 1,
+            max_body_expanded: 0,
+        };
+        let body = match self {
+            Node::Iter(_, _, m) | Node::Reduce(_, m, _) => Some(&**m as *const Node),
+            _ => None,
+        };
+        self.each_child(&mut |c| {
+            let cs = c.stats();
+            st.nodes = st.nodes.saturating_add(cs.nodes);
+            st.height = st.height.max(1 + cs.height);
+            st.expanded = st.expanded.saturating_add(cs.expanded);
+            st.max_body_expanded = st.max_body_expanded.max(cs.max_body_expanded);
+            if body == Some(c as *const Node) {
+                st.max_body_expanded = st.max_body_expanded.max(cs.expanded);
+            }
+        });
+        st
+    }
+}
+
+/// The `$evaluators` of one definition, each compiled once, on first use.
+pub(crate) struct RefTable<'d> {
+    defs: Option<&'d Map<String, Value>>,
+    /// `None` while the evaluator is being compiled (a cycle).
+    slots: HashMap<&'d str, Option<Resolved>>,
+    /// Evaluators being compiled, outermost first.
+    stack: Vec<&'d str>,
+    bucketing: Bucketing,
+    /// Each evaluator's own problems, in compile order: name, refusals,
+    /// parse errors, warnings.
+    pub reports: Vec<EvaluatorReport>,
+    /// Nodes of all evaluators together (each counted once).
+    pub nodes: u64,
+}
+
+/// A compiled evaluator and its parse errors (which make every flag that
+/// refers to it answer `PARSE_ERROR`).
+type Resolved = (Arc<RefTarget>, Vec<String>);
+
+pub(crate) struct EvaluatorReport {
+    pub name: String,
+    pub fatal: Vec<String>,
+    pub parse_errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub(crate) type Refs<'d> = Rc<RefCell<RefTable<'d>>>;
+
+impl<'d> RefTable<'d> {
+    pub(crate) fn new(defs: Option<&'d Map<String, Value>>, bucketing: Bucketing) -> Refs<'d> {
+        Rc::new(RefCell::new(RefTable {
+            defs,
+            slots: HashMap::new(),
+            stack: Vec::new(),
+            bucketing,
+            reports: Vec::new(),
+            nodes: 0,
+        }))
+    }
+
+    /// Compiles every evaluator (used or not) once.
+    pub(crate) fn compile_all(refs: &Refs<'d>) {
+        let names: Vec<&'d String> = refs
+            .borrow()
+            .defs
+            .map_or_else(Vec::new, |d| d.keys().collect());
+        for name in names {
+            let mut c = Compiler::new(refs.clone());
+            let _ = c.target(name);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -141,6 +358,7 @@ pub(crate) struct Fractional {
     /// The bucketing expression; `None` means `flagKey + targetingKey`.
     by: Option<Node>,
     buckets: Buckets,
+    bucketing: Bucketing,
 }
 
 #[derive(Debug)]
@@ -198,9 +416,11 @@ const OPERATORS: &[&str] = &[
 // ---------------------------------------------------------------- compiling
 
 pub(crate) struct Compiler<'d> {
-    pub evaluators: Option<&'d Map<String, Value>>,
+    refs: Refs<'d>,
     /// Variant names of the flag being compiled (checks literal fractional buckets).
     pub variants: Option<Vec<&'d str>>,
+    /// How `fractional` hashes.
+    pub bucketing: Bucketing,
     /// Problems that refuse the whole definition (our limits).
     pub fatal: Vec<String>,
     /// Problems flagd loads but cannot run: the flag answers `PARSE_ERROR`.
@@ -208,8 +428,9 @@ pub(crate) struct Compiler<'d> {
     /// Problems flagd loads and answers at evaluation time (`null`, the
     /// default variant, an evaluation error): reported as warnings.
     pub warnings: Vec<String>,
-    ref_stack: Vec<&'d str>,
     depth_reported: bool,
+    /// Sizes of the last rule compiled.
+    pub stats: Stats,
     /// Whether the node being compiled gives the rule's result (a variant
     /// name): the root, `if` branches, `or`/`and` operands. A `fractional`
     /// elsewhere (an `if` condition) yields values that are not variants.
@@ -217,15 +438,17 @@ pub(crate) struct Compiler<'d> {
 }
 
 impl<'d> Compiler<'d> {
-    pub(crate) fn new(evaluators: Option<&'d Map<String, Value>>) -> Self {
+    pub(crate) fn new(refs: Refs<'d>) -> Self {
+        let bucketing = refs.borrow().bucketing;
         Compiler {
-            evaluators,
+            refs,
             variants: None,
+            bucketing,
             fatal: Vec::new(),
             parse_errors: Vec::new(),
             warnings: Vec::new(),
-            ref_stack: Vec::new(),
             depth_reported: false,
+            stats: Stats::default(),
             in_result: true,
         }
     }
@@ -252,7 +475,15 @@ impl<'d> Compiler<'d> {
     /// `self.parse_errors` and `self.warnings`.
     pub(crate) fn compile(&mut self, v: &'d Value) -> Node {
         self.in_result = true;
-        self.node(v, 0)
+        let n = self.node(v, 0);
+        self.stats = n.stats();
+        if self.stats.max_body_expanded > MAX_COMPILED_NODES {
+            self.fatal(format!(
+                "targeting: a map/filter/all/some/none/reduce body expands to {} nodes through $ref, above the budget of {MAX_COMPILED_NODES} nodes",
+                self.stats.max_body_expanded
+            ));
+        }
+        n
     }
 
     fn node(&mut self, v: &'d Value, depth: usize) -> Node {
@@ -297,7 +528,7 @@ impl<'d> Compiler<'d> {
                 }
                 let (op, arg) = m.iter().next().expect("one key");
                 if op == "$ref" {
-                    return self.inline_ref(arg, depth);
+                    return self.reference(arg, depth);
                 }
                 let node = self.operation(op, arg, depth);
                 self.fold(op, node)
@@ -306,26 +537,74 @@ impl<'d> Compiler<'d> {
         }
     }
 
-    fn inline_ref(&mut self, arg: &'d Value, depth: usize) -> Node {
+    /// A `$ref`: the evaluator compiled once and shared, never inlined.
+    fn reference(&mut self, arg: &'d Value, depth: usize) -> Node {
         let Value::String(name) = arg else {
             self.parse_error(format!("$ref must name an evaluator, found {arg}"));
             return Node::Const(Value::Null);
         };
-        let Some(def) = self.evaluators.and_then(|e| e.get(name)) else {
-            self.parse_error(format!("$ref \"{name}\" not found in $evaluators"));
+        let Some((target, parse_errors)) = self.target(name) else {
             return Node::Const(Value::Null);
         };
-        if self.ref_stack.contains(&name.as_str()) {
-            self.parse_error(format!(
-                "$ref cycle: {} -> {name}",
-                self.ref_stack.join(" -> ")
-            ));
-            return Node::Const(Value::Null);
+        for p in parse_errors {
+            let p = p.strip_prefix("targeting: ").unwrap_or(&p);
+            self.parse_error(format!("$ref \"{name}\": {p}"));
         }
-        self.ref_stack.push(name);
-        let n = self.node(def, depth + 1);
-        self.ref_stack.pop();
-        n
+        if depth + 1 + target.height > MAX_RULE_DEPTH && !self.depth_reported {
+            self.depth_reported = true;
+            self.fatal(format!(
+                "targeting: rule nested deeper than {MAX_RULE_DEPTH} levels (through $ref \"{name}\")"
+            ));
+        }
+        Node::Ref(target)
+    }
+
+    /// The compiled evaluator `name` and its parse errors (compiled now if
+    /// not yet); `None` (with a parse error recorded) if there is none or it
+    /// refers to itself.
+    fn target(&mut self, name: &'d str) -> Option<Resolved> {
+        let def = {
+            let mut t = self.refs.borrow_mut();
+            let Some(def) = t.defs.and_then(|e| e.get(name)) else {
+                drop(t);
+                self.parse_error(format!("$ref \"{name}\" not found in $evaluators"));
+                return None;
+            };
+            match t.slots.get(name) {
+                Some(Some(done)) => return Some(done.clone()),
+                Some(None) => {
+                    let chain = t.stack.join(" -> ");
+                    drop(t);
+                    self.parse_error(format!("$ref cycle: {chain} -> {name}"));
+                    return None;
+                }
+                None => {}
+            }
+            t.slots.insert(name, None);
+            t.stack.push(name);
+            def
+        };
+        let mut c = Compiler::new(self.refs.clone());
+        let node = c.compile(def);
+        let mut t = self.refs.borrow_mut();
+        t.stack.pop();
+        let id = t.reports.len();
+        t.nodes = t.nodes.saturating_add(c.stats.nodes);
+        t.reports.push(EvaluatorReport {
+            name: name.to_string(),
+            fatal: c.fatal,
+            parse_errors: c.parse_errors.clone(),
+            warnings: c.warnings,
+        });
+        let target = Arc::new(RefTarget {
+            id,
+            node,
+            height: c.stats.height,
+            expanded: c.stats.expanded,
+        });
+        let done = (target, c.parse_errors);
+        t.slots.insert(name, Some(done.clone()));
+        Some(done)
     }
 
     /// Arguments of an eager operator, coerced as json-logic-engine does.
@@ -583,6 +862,7 @@ impl<'d> Compiler<'d> {
                 return Node::Fractional(Box::new(Fractional {
                     by: None,
                     buckets: Buckets::Spread(self.node(arg, d + 1)),
+                    bucketing: self.bucketing,
                 }))
             }
             _ => {
@@ -607,6 +887,7 @@ impl<'d> Compiler<'d> {
             return Node::Fractional(Box::new(Fractional {
                 by,
                 buckets: Buckets::Dynamic(nodes),
+                bucketing: self.bucketing,
             }));
         }
         // Literal buckets: checked once here. flagd loads a bad bucket and
@@ -658,7 +939,11 @@ impl<'d> Compiler<'d> {
         } else {
             Buckets::Static(entries, total)
         };
-        Node::Fractional(Box::new(Fractional { by, buckets }))
+        Node::Fractional(Box::new(Fractional {
+            by,
+            buckets,
+            bucketing: self.bucketing,
+        }))
     }
 
     /// Pre-evaluates an operation whose arguments are all constants.
@@ -795,6 +1080,14 @@ pub(crate) struct Env<'v> {
     /// compares "abc" with "abc" (no error) and yields `false`. We replay that
     /// register to give the same results.
     prev: RefCell<Val<'v>>,
+    /// Values of shared evaluators met at the top scope in this evaluation,
+    /// with `prev` after each, by `RefTarget::id`.
+    refs: RefCell<Vec<Option<(Val<'v>, Val<'v>)>>>,
+    /// Whether to memoise shared evaluators (see `Node::meets_a_ref_twice`).
+    pub memo: bool,
+    /// Nodes evaluated (tests check that shared evaluators are memoised).
+    #[cfg(test)]
+    pub steps: Cell<u64>,
 }
 
 impl<'v> Env<'v> {
@@ -804,6 +1097,10 @@ impl<'v> Env<'v> {
             flag_key,
             now: Cell::new(None),
             prev: RefCell::new(Val::Null),
+            refs: RefCell::new(Vec::new()),
+            memo: true,
+            #[cfg(test)]
+            steps: Cell::new(0),
         }
     }
 
@@ -1015,6 +1312,8 @@ fn compare(op: CmpOp, a: &Val<'_>, b: &Val<'_>) -> bool {
 /// Evaluates a node. Recursion is bounded by the rule depth checked at
 /// compile time; nothing in the context can deepen it.
 pub(crate) fn eval<'v>(n: &'v Node, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> {
+    #[cfg(test)]
+    env.steps.set(env.steps.get() + 1);
     match n {
         Node::Const(v) => Ok(Val::from_ref(v)),
         Node::Array(items) => Ok(Val::Arr(
@@ -1285,7 +1584,30 @@ pub(crate) fn eval<'v>(n: &'v Node, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> {
             Ok(sem_ver(&a, &op, &b))
         }
         Node::Fractional(f) => fractional(f, env, sc),
+        Node::Ref(t) => eval_ref(t, env, sc),
     }
+}
+
+/// A shared evaluator. At the top scope its value depends only on the
+/// context: with `env.memo`, it is evaluated once per evaluation however
+/// often it is referred to (`prev` is replayed as if it had run again).
+/// Kept out of `eval` so that its frame stays small.
+#[inline(never)]
+fn eval_ref<'v>(t: &'v RefTarget, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> {
+    if !env.memo || !matches!(sc, Scope::Root) {
+        return eval(&t.node, env, sc);
+    }
+    if let Some(Some((v, prev))) = env.refs.borrow().get(t.id) {
+        *env.prev.borrow_mut() = prev.clone();
+        return Ok(v.clone());
+    }
+    let v = eval(&t.node, env, sc)?;
+    let mut memo = env.refs.borrow_mut();
+    if memo.len() <= t.id {
+        memo.resize(t.id + 1, None);
+    }
+    memo[t.id] = Some((v.clone(), env.prev.borrow().clone()));
+    Ok(v)
 }
 
 fn missing<'v>(keys: Vec<Val<'v>>, env: &Env<'v>, sc: Scope<'_, 'v>) -> Vec<Val<'v>> {
@@ -1551,11 +1873,22 @@ fn pick<'v, I: Iterator<Item = (Val<'v>, u64)>>(hash: u32, total: u64, entries: 
     Val::Null
 }
 
-fn hash_for(by: Option<&Val<'_>>, env: &Env<'_>) -> Option<u32> {
-    match by {
-        Some(Val::Str(s)) => Some(murmur3_32(&[s.as_bytes()], 0)),
-        Some(_) => None,
-        None => {
+/// The hash a `fractional` buckets by, from its first argument's value
+/// (`None`: there is none, use the targeting key), or `None` when it gives
+/// `null`.
+///
+/// v2 (flagd's daemon up to its newest release): a string first argument is
+/// hashed as UTF-8; otherwise `flagKey + targetingKey` (JavaScript string
+/// conversion, as flagd-core; a falsy targeting key gives `null`).
+/// v3 (flagd ADR "fractional-non-string-rand-units"): any non-null value is
+/// hashed as deterministic CBOR; otherwise the CBOR array
+/// `[flagKey, targetingKey]`, and a targeting key that is not a string gives
+/// `null`.
+fn hash_for(bucketing: Bucketing, by: Option<&Val<'_>>, env: &Env<'_>) -> Option<u32> {
+    match (bucketing, by) {
+        (Bucketing::V2, Some(Val::Str(s))) => Some(murmur3_32(&[s.as_bytes()], 0)),
+        (Bucketing::V2, Some(_)) => None,
+        (Bucketing::V2, None) => {
             let tk = env.ctx.as_object()?.get("targetingKey")?;
             let tk = Val::from_ref(tk);
             if !tk.truthy() && !tk.is_object_like() {
@@ -1563,6 +1896,24 @@ fn hash_for(by: Option<&Val<'_>>, env: &Env<'_>) -> Option<u32> {
             }
             let tk = to_js_string(&tk);
             Some(murmur3_32(&[env.flag_key.as_bytes(), tk.as_bytes()], 0))
+        }
+        (Bucketing::V3, Some(Val::Null)) => None,
+        (Bucketing::V3, Some(v)) => {
+            let mut buf = Vec::with_capacity(32);
+            cbor::encode_val(v, &mut buf);
+            Some(murmur3_32(&[&buf], 0))
+        }
+        (Bucketing::V3, None) => {
+            let Value::String(tk) = env.ctx.as_object()?.get("targetingKey")? else {
+                return None;
+            };
+            let mut buf = Vec::with_capacity(8 + env.flag_key.len() + tk.len());
+            let pair = Val::Arr(vec![
+                Val::Str(Cow::Borrowed(env.flag_key)),
+                Val::Str(Cow::Borrowed(tk)),
+            ]);
+            cbor::encode_val(&pair, &mut buf);
+            Some(murmur3_32(&[&buf], 0))
         }
     }
 }
@@ -1620,10 +1971,13 @@ fn parse_buckets<'v>(bs: impl Iterator<Item = Val<'v>>) -> Option<(Vec<(Val<'v>,
 
 fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> {
     let by = f.by.as_ref().map(|n| eval(n, env, sc)).transpose()?;
+    if let Some(lead) = by.as_ref().filter(|v| v.array_len().is_some()) {
+        return fractional_with_lead(f, lead, env, sc);
+    }
     match &f.buckets {
         Buckets::Invalid => Ok(Val::Null),
         Buckets::Static(entries, total) => {
-            let Some(hash) = hash_for(by.as_ref(), env) else {
+            let Some(hash) = hash_for(f.bucketing, by.as_ref(), env) else {
                 return Ok(Val::Null);
             };
             Ok(pick(
@@ -1633,7 +1987,7 @@ fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> 
             ))
         }
         Buckets::Dynamic(nodes) => {
-            let Some(hash) = hash_for(by.as_ref(), env) else {
+            let Some(hash) = hash_for(f.bucketing, by.as_ref(), env) else {
                 return Ok(Val::Null);
             };
             let mut vals = Vec::with_capacity(nodes.len());
@@ -1647,12 +2001,15 @@ fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> 
         }
         Buckets::Spread(n) => {
             let args = spread(eval(n, env, sc)?);
-            let (by, rest) = match args.first() {
-                Some(Val::Str(_)) => (Some(&args[0]), &args[1..]),
-                Some(_) => (None, &args[..]),
-                None => return Ok(Val::Null),
+            let (by, rest) = match (f.bucketing, args.first()) {
+                (_, None) => return Ok(Val::Null),
+                (Bucketing::V2, Some(Val::Str(_))) => (Some(&args[0]), &args[1..]),
+                (Bucketing::V2, Some(_)) => (None, &args[..]),
+                (Bucketing::V3, Some(Val::Null)) => return Ok(Val::Null),
+                (Bucketing::V3, Some(v)) if v.array_len().is_some() => (None, &args[..]),
+                (Bucketing::V3, Some(_)) => (Some(&args[0]), &args[1..]),
             };
-            let Some(hash) = hash_for(by, env) else {
+            let Some(hash) = hash_for(f.bucketing, by, env) else {
                 return Ok(Val::Null);
             };
             match parse_buckets(rest.iter().cloned()) {
@@ -1660,5 +2017,40 @@ fn fractional<'v>(f: &'v Fractional, env: &Env<'v>, sc: Scope<'_, 'v>) -> R<'v> 
                 None => Ok(Val::Null),
             }
         }
+    }
+}
+
+/// A first argument that evaluates to an array is a bucket, and the
+/// targeting key is hashed (flagd and flagd-core alike). Rare: kept apart.
+#[cold]
+#[inline(never)]
+fn fractional_with_lead<'v>(
+    f: &'v Fractional,
+    lead: &Val<'v>,
+    env: &Env<'v>,
+    sc: Scope<'_, 'v>,
+) -> R<'v> {
+    let mut vals = vec![lead.clone()];
+    match &f.buckets {
+        Buckets::Invalid => return Ok(Val::Null),
+        Buckets::Static(entries, _) => vals.extend(
+            entries
+                .iter()
+                .map(|(v, w)| Val::Arr(vec![Val::from_ref(v), Val::Num(*w as f64)])),
+        ),
+        Buckets::Dynamic(nodes) => {
+            for n in nodes {
+                vals.push(eval(n, env, sc)?);
+            }
+        }
+        // `by` is never set with spread arguments.
+        Buckets::Spread(_) => return Ok(Val::Null),
+    }
+    let Some(hash) = hash_for(f.bucketing, None, env) else {
+        return Ok(Val::Null);
+    };
+    match parse_buckets(vals.into_iter()) {
+        Some((entries, total)) => Ok(pick(hash, total, entries.into_iter())),
+        None => Ok(Val::Null),
     }
 }

@@ -6,8 +6,12 @@
 //! The flagd flag-definition JSON (<https://flagd.dev/reference/flag-definitions/>):
 //! `{"$schema"?, "flags": {KEY: {state, variants, defaultVariant?, targeting?,
 //! metadata?}}, "$evaluators"?, "metadata"?}`. `{"$ref": NAME}` anywhere in a
-//! rule refers to the named evaluator (nested references and cycles are
-//! handled).
+//! rule refers to the named evaluator. Each evaluator is compiled once and
+//! shared by every rule that refers to it (never copied in), and at the top
+//! scope of one evaluation its value is computed once however often it is
+//! referred to, so a chain of evaluators each referring to the previous one
+//! twice stays linear in size and time. A `$ref` to nothing, or a cycle,
+//! makes the flag answer `PARSE_ERROR`, as flagd does.
 //!
 //! # Semantics: which flagd
 //!
@@ -41,11 +45,17 @@
 //! `null` or `""` `defaultVariant` means "code default": reason `DEFAULT`, no
 //! value, no variant.
 //!
-//! `fractional` hashes with MurmurHash3 x86 32-bit, seed 0, over the UTF-8
-//! bytes of `flagKey + targetingKey` (or of the string the first argument
-//! yields) and picks `(hash as u64 * total_weight) >> 32` against the
-//! cumulative integer weights (default 1; a negative computed weight counts as
-//! 0; a total above `i32::MAX` gives `null`).
+//! `fractional` hashes with MurmurHash3 x86 32-bit, seed 0, and picks
+//! `(hash as u64 * total_weight) >> 32` against the cumulative integer
+//! weights (default 1; a negative weight counts as 0; a weight that is not an
+//! integer, or a total above `i32::MAX`, gives `null`). What is hashed is a
+//! compile option, [`Bucketing`]: **v2** (the default, what the flagd daemon
+//! answers up to its newest release) hashes the UTF-8 bytes of
+//! `flagKey + targetingKey` or of the string the first argument yields (any
+//! other value gives `null`); **v3** (flagd's ADR
+//! "fractional-non-string-rand-units", flagd-testbed 3.9 `@fractional-v3`)
+//! hashes the deterministic CBOR encoding of whatever non-null value the first
+//! argument yields, or of `[flagKey, targetingKey]` (`cbor.rs`).
 //!
 //! # Deliberate differences from flagd-core
 //!
@@ -91,23 +101,91 @@
 //!
 //! # Limits
 //!
-//! Rules deeper than [`MAX_RULE_DEPTH`] operators are rejected (so evaluation
-//! recursion is bounded by the plan, never by the context); JSON text is
-//! parsed with serde_json's recursion limit (128). Evaluation never panics.
+//! Rules deeper than [`MAX_RULE_DEPTH`] operators, counted through `$ref`,
+//! are rejected (so evaluation recursion is bounded by the plan, never by the
+//! context); JSON text is parsed with serde_json's recursion limit (128). A
+//! definition compiling to more than [`CompileOptions::max_compiled_nodes`]
+//! nodes (default [`MAX_COMPILED_NODES`], each evaluator counted once) is
+//! refused, naming the largest flag and the budget, as is a
+//! `map`/`filter`/`all`/`some`/`none`/`reduce` body whose `$ref`s expand to
+//! more than [`MAX_COMPILED_NODES`] nodes (a body runs once per element, where
+//! evaluators are not memoised). Evaluation never panics, whatever the
+//! context (weights of `1e300` or `i64::MAX` included).
 
+mod cbor;
 mod jsval;
 mod logic;
 mod murmur;
 #[cfg(test)]
 mod tests;
 
-use logic::{Compiler, Env, Node, Scope};
+use logic::{Compiler, Env, Node, RefTable, Refs, Scope};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 
-pub use logic::MAX_RULE_DEPTH;
+pub use logic::{MAX_COMPILED_NODES, MAX_RULE_DEPTH};
+
+/// How `fractional` turns its bucketing value into a hash.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Bucketing {
+    /// What the flagd daemon answers up to its newest release (flagd v0.16.1,
+    /// core v0.15.6): MurmurHash3 of the bucketing *string* (UTF-8), or of
+    /// `flagKey + targetingKey`; a non-string bucketing value gives `null`.
+    #[default]
+    V2,
+    /// flagd's ADR "fractional-non-string-rand-units" (flagd-testbed 3.9
+    /// `@fractional-v3`): MurmurHash3 of the deterministic CBOR encoding of
+    /// any non-null bucketing value, or of `[flagKey, targetingKey]`; a
+    /// `null` bucketing value gives `null` (the default variant). Moves
+    /// every assignment made under v2.
+    V3,
+}
+
+impl Bucketing {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Bucketing::V2 => "v2",
+            Bucketing::V3 => "v3",
+        }
+    }
+
+    /// `"v2"` or `"v3"`.
+    pub fn parse(s: &str) -> Option<Bucketing> {
+        match s {
+            "v2" => Some(Bucketing::V2),
+            "v3" => Some(Bucketing::V3),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Bucketing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a definition is compiled. The default is what the existing
+/// constructors ([`FlagSet::parse`], [`FlagSet::from_value`],
+/// [`FlagSet::from_owned`]) use.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    pub bucketing: Bucketing,
+    /// Budget of compiled nodes for the whole definition (each `$evaluators`
+    /// entry counted once); a definition over it is refused.
+    pub max_compiled_nodes: u64,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions {
+            bucketing: Bucketing::default(),
+            max_compiled_nodes: MAX_COMPILED_NODES,
+        }
+    }
+}
 
 /// A compiled, immutable set of flags (one revision). `Send + Sync`; share it
 /// behind an `Arc`.
@@ -120,6 +198,8 @@ pub struct FlagSet {
     /// Problems flagd would load anyway (answered at evaluation time), each
     /// naming the flag and the problem.
     warnings: Vec<String>,
+    /// Compiled size (see [`FlagSet::compiled_nodes`]).
+    compiled_nodes: u64,
 }
 
 #[derive(Debug)]
@@ -133,6 +213,9 @@ struct Flag {
     /// Why the targeting cannot run (unknown operator, `$ref` to nothing,
     /// ...): flagd loads such a flag and answers `PARSE_ERROR`.
     parse_error: Option<Box<str>>,
+    /// Whether the targeting can meet one `$evaluators` entry twice in an
+    /// evaluation (its value is then computed once and remembered).
+    memo_refs: bool,
     /// Set metadata with the flag's own merged over it.
     metadata: Map<String, Value>,
 }
@@ -373,12 +456,18 @@ impl FlagSet {
             flags: Vec::new(),
             metadata: Map::new(),
             warnings: Vec::new(),
+            compiled_nodes: 0,
         }
     }
 
     /// Parses and compiles a definition; rejects it as a whole, listing every
     /// problem (malformed JSON is reported with line and column).
     pub fn parse(json: &str) -> Result<FlagSet, DefinitionError> {
+        Self::parse_with(json, &CompileOptions::default())
+    }
+
+    /// As [`FlagSet::parse`], with options.
+    pub fn parse_with(json: &str, opts: &CompileOptions) -> Result<FlagSet, DefinitionError> {
         let v: Value = serde_json::from_str(json).map_err(|e| DefinitionError {
             problems: vec![format!(
                 "invalid JSON at line {}, column {}: {}",
@@ -387,21 +476,31 @@ impl FlagSet {
                 strip_position(&e.to_string())
             )],
         })?;
-        Self::compile(v)
+        Self::compile(v, opts)
     }
 
     /// Compiles an already parsed definition.
     pub fn from_value(v: &Value) -> Result<FlagSet, DefinitionError> {
-        Self::compile(v.clone())
+        Self::compile(v.clone(), &CompileOptions::default())
+    }
+
+    /// As [`FlagSet::from_value`], with options.
+    pub fn from_value_with(v: &Value, opts: &CompileOptions) -> Result<FlagSet, DefinitionError> {
+        Self::compile(v.clone(), opts)
     }
 
     /// Compiles an already parsed definition it takes over (no copy: a
     /// 350-flag definition is about 1 MB as a `Value`).
     pub fn from_owned(v: Value) -> Result<FlagSet, DefinitionError> {
-        Self::compile(v)
+        Self::compile(v, &CompileOptions::default())
     }
 
-    fn compile(definition: Value) -> Result<FlagSet, DefinitionError> {
+    /// As [`FlagSet::from_owned`], with options.
+    pub fn from_owned_with(v: Value, opts: &CompileOptions) -> Result<FlagSet, DefinitionError> {
+        Self::compile(v, opts)
+    }
+
+    fn compile(definition: Value, opts: &CompileOptions) -> Result<FlagSet, DefinitionError> {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
         let Value::Object(top) = &definition else {
@@ -434,20 +533,20 @@ impl FlagSet {
                 None
             }
         };
-        // Check every evaluator on its own, used or not.
-        if let Some(evs) = evaluators {
-            for (name, rule) in evs {
-                let mut c = Compiler::new(evaluators);
-                let _ = c.compile(rule);
-                let strip = |p: &str| p.strip_prefix("targeting: ").unwrap_or(p).to_string();
-                for p in c.fatal {
-                    problems.push(format!("$evaluators \"{name}\": {}", strip(&p)));
-                }
-                for p in c.parse_errors.iter().chain(&c.warnings) {
-                    warnings.push(format!("$evaluators \"{name}\": {}", strip(p)));
-                }
+        // Every evaluator is compiled once (used or not) and shared by the
+        // rules that refer to it; its problems are reported once.
+        let refs = RefTable::new(evaluators, opts.bucketing);
+        RefTable::compile_all(&refs);
+        for r in &refs.borrow().reports {
+            let strip = |p: &str| p.strip_prefix("targeting: ").unwrap_or(p).to_string();
+            for p in &r.fatal {
+                problems.push(format!("$evaluators \"{}\": {}", r.name, strip(p)));
+            }
+            for p in r.parse_errors.iter().chain(&r.warnings) {
+                warnings.push(format!("$evaluators \"{}\": {}", r.name, strip(p)));
             }
         }
+        let mut node_counts: Vec<(u64, &str)> = Vec::new();
         let mut flags = Vec::new();
         match top.get("flags") {
             None => problems.push("missing \"flags\" object".to_string()),
@@ -456,7 +555,8 @@ impl FlagSet {
                     if let Some(f) = compile_flag(
                         key,
                         def,
-                        evaluators,
+                        &refs,
+                        &mut node_counts,
                         &metadata,
                         &mut problems,
                         &mut warnings,
@@ -470,11 +570,32 @@ impl FlagSet {
                 type_name(other)
             )),
         }
+        let evaluator_nodes = refs.borrow().nodes;
+        drop(refs);
+        let compiled_nodes = node_counts
+            .iter()
+            .fold(evaluator_nodes, |sum, (n, _)| sum.saturating_add(*n));
+        if compiled_nodes > opts.max_compiled_nodes {
+            let largest = node_counts
+                .iter()
+                .max()
+                .map(|(n, k)| {
+                    format!(
+                        " (largest: flag \"{k}\", {n} nodes; $evaluators: {evaluator_nodes} nodes)"
+                    )
+                })
+                .unwrap_or_default();
+            problems.push(format!(
+                "the rules compile to {compiled_nodes} nodes, above the budget of {} nodes{largest}",
+                opts.max_compiled_nodes
+            ));
+        }
         if !problems.is_empty() {
             return Err(DefinitionError { problems });
         }
         flags.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(FlagSet {
+            compiled_nodes,
             definition,
             flags,
             metadata,
@@ -493,6 +614,13 @@ impl FlagSet {
     /// unless told to accept warnings.
     pub fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+
+    /// Nodes of the compiled rules, each `$evaluators` entry counted once
+    /// (it is compiled once and shared); at most
+    /// [`CompileOptions::max_compiled_nodes`].
+    pub fn compiled_nodes(&self) -> u64 {
+        self.compiled_nodes
     }
 
     /// The set-level metadata.
@@ -550,10 +678,11 @@ fn strip_position(msg: &str) -> &str {
     }
 }
 
-fn compile_flag(
-    key: &str,
-    def: &Value,
-    evaluators: Option<&Map<String, Value>>,
+fn compile_flag<'d>(
+    key: &'d str,
+    def: &'d Value,
+    refs: &Refs<'d>,
+    node_counts: &mut Vec<(u64, &'d str)>,
     set_metadata: &Map<String, Value>,
     problems: &mut Vec<String>,
     warnings: &mut Vec<String>,
@@ -656,9 +785,13 @@ fn compile_flag(
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) if m.is_empty() => None,
         Some(t @ Value::Object(_)) => {
-            let mut c = Compiler::new(evaluators);
-            c.variants = Some(variants.iter().map(|v| &*v.0).collect());
+            let mut c = Compiler::new(refs.clone());
+            c.variants = Some(match def.get("variants") {
+                Some(Value::Object(vs)) => vs.keys().map(String::as_str).collect(),
+                _ => Vec::new(),
+            });
             let node = c.compile(t);
+            node_counts.push((c.stats.nodes, key));
             for p in c.fatal {
                 problems.push(format!("{pfx}{p}"));
             }
@@ -697,6 +830,7 @@ fn compile_flag(
         enabled,
         variants,
         default,
+        memo_refs: targeting.as_ref().is_some_and(Node::meets_a_ref_twice),
         targeting,
         parse_error,
         metadata,
@@ -732,6 +866,21 @@ impl Flag {
         }
     }
 
+    /// A flag whose targeting cannot run answers `PARSE_ERROR`, as in flagd.
+    #[cold]
+    fn parse_error_eval(&self, problem: &str) -> Evaluation<'_> {
+        self.without_value(
+            Reason::Error,
+            Some(EvalError {
+                code: ErrorCode::ParseError,
+                message: format!(
+                    "error parsing targeting rule for flag '{}': {problem}",
+                    self.key
+                ),
+            }),
+        )
+    }
+
     fn evaluate<'a>(&'a self, ctx: &EvalContext) -> Evaluation<'a> {
         if !self.enabled {
             return self.without_value(Reason::Disabled, None);
@@ -740,15 +889,10 @@ impl Flag {
             return self.default_eval(Reason::Static);
         };
         if let Some(p) = &self.parse_error {
-            return self.without_value(
-                Reason::Error,
-                Some(EvalError {
-                    code: ErrorCode::ParseError,
-                    message: format!("error parsing targeting rule for flag '{}': {p}", self.key),
-                }),
-            );
+            return self.parse_error_eval(p);
         }
-        let env = Env::new(&ctx.attrs, &self.key);
+        let mut env = Env::new(&ctx.attrs, &self.key);
+        env.memo = self.memo_refs;
         let result = match logic::eval(rule, &env, Scope::Root) {
             Ok(v) => v,
             Err(e) => {

@@ -484,7 +484,7 @@ fn metadata_flag_wins_over_set() {
 }
 
 #[test]
-fn refs_are_inlined() {
+fn refs_resolve_nested_evaluators() {
     let set = FlagSet::from_value(&json!({
         "$evaluators": {
             "staff": {"ends_with": [{"var": "email"}, "@corp.io"]},
@@ -1050,5 +1050,428 @@ fn flagd_testbed_answers_for_flags_with_problems() {
     for (file, key, c, want) in cases {
         let set = testbed(file);
         assert_eq!(answer(&set, key, c.clone()), want, "{file} {key} {c}");
+    }
+}
+
+/// The testbed runs flagd on every `flags/*.json` but the `selector-` ones
+/// deep-merged into one file (its launchpad's `allFlags.json`): that loads too.
+#[test]
+fn flagd_testbed_combined_file_loads() {
+    fn merge(dst: &mut Value, src: Value) {
+        if let (Value::Object(d), Value::Object(s)) = (dst, src) {
+            for (k, v) in s {
+                match d.get_mut(&k) {
+                    Some(x) if x.is_object() && v.is_object() => merge(x, v),
+                    _ => {
+                        d.insert(k, v);
+                    }
+                }
+            }
+        }
+    }
+    let mut all = json!({});
+    for (name, text) in TESTBED {
+        if !name.starts_with("selector-") && *name != "testkit-flags.json" {
+            merge(&mut all, serde_json::from_str(text).unwrap());
+        }
+    }
+    let set = FlagSet::from_value(&all).unwrap_or_else(|e| panic!("{e}"));
+    // With the shared $evaluators, zero-flags.json's $ref resolves.
+    assert_eq!(
+        answer(
+            &set,
+            "string-targeted-zero-flag",
+            json!({"email": "ballmer@macrosoft.com"})
+        ),
+        "zero"
+    );
+    assert_eq!(
+        answer(
+            &set,
+            "integer-targeted-zero-flag",
+            json!({"email": "ballmer@none.com"})
+        ),
+        "DEFAULT:zero"
+    );
+}
+
+fn v3() -> CompileOptions {
+    CompileOptions {
+        bucketing: Bucketing::V3,
+        ..CompileOptions::default()
+    }
+}
+
+/// Examples from the testbed's `@fractional-v3` scenarios
+/// (gherkin/targeting.feature) against its `custom-ops.json`.
+#[test]
+fn fractional_v3_matches_testbed_examples() {
+    let (_, text) = TESTBED
+        .iter()
+        .find(|(n, _)| *n == "custom-ops.json")
+        .unwrap();
+    let set = FlagSet::parse_with(text, &v3()).unwrap();
+    let basic = |input: Value| {
+        answer(
+            &set,
+            "fractional-basic-flag",
+            json!({ "hashing_input": input }),
+        )
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (json!(true), "bucket5"),
+        (json!(false), "bucket1"),
+        (json!("user1"), "bucket22"),
+        (json!("user2"), "bucket16"),
+        (json!(123), "bucket20"),
+        (json!(456), "bucket12"),
+        (json!(1.23), "bucket14"),
+        (json!(4.56), "bucket18"),
+        (json!("123"), "bucket22"),
+        (json!("null"), "bucket8"),
+        (json!(0), "bucket8"),
+        (json!(1.0), "bucket23"),
+        (json!(1), "bucket23"),
+        (json!(-2.0), "bucket12"),
+        (json!(9007199254740992.0), "bucket10"),
+        (json!(-0.0), "bucket8"),
+        (json!(2147483648u64), "bucket25"),
+        (json!(-2147483649i64), "bucket18"),
+        (json!(4294967296u64), "bucket19"),
+        (json!(-25), "bucket16"),
+        (json!(1e20), "bucket19"),
+        (json!(65504.0), "bucket16"),
+        (json!(65505.0), "bucket17"),
+        (json!(0.00006103515625), "bucket22"),
+        (json!(5.960_464_477_539_063e-8), "bucket23"), // 2^-24
+        (json!(3.4028234663852886e38), "bucket10"),
+        (json!(1.7976931348623157e308), "bucket17"),
+        (json!(f64::from_bits(1)), "bucket2"), // 4.9406564584124654e-324
+        (json!({"a": 1, "b": 2}), "bucket23"),
+        (json!({"b": 2, "a": 1}), "bucket23"),
+        (json!({"z": 1, "aa": 2}), "bucket21"),
+        (json!({"aaa": 1, "ÿ": 2}), "bucket12"),
+        (json!({"b": -0.0, "a": {"b": 1}, "c": 0.0}), "bucket8"),
+        (
+            json!({"café": "façade", "b": {"résumé": {"ÿ": true}}}),
+            "bucket22",
+        ),
+        (json!({}), "bucket3"),
+        (json!({"a": [1, "two", true, [], null]}), "bucket23"),
+        (json!({"x": [{"a": {"b": null}}]}), "bucket6"),
+        (json!(""), "bucket4"),
+    ];
+    for (input, want) in cases {
+        assert_eq!(basic(input.clone()), want, "{input}");
+    }
+    // A null (missing) bucketing value gives the default variant.
+    assert_eq!(
+        answer(&set, "fractional-basic-flag", json!({})),
+        "DEFAULT:fallback"
+    );
+    // flagKey + targetingKey is hashed as the CBOR array [flagKey, targetingKey].
+    let tk = |key: &str, t: &str| answer(&set, key, json!({ "targetingKey": t }));
+    assert_eq!(tk("fractional-flag-shorthand", "jon@company.com"), "tails");
+    assert_eq!(tk("fractional-flag-shorthand", "jane@company.com"), "tails");
+    let name = |key: &str, n: &str| answer(&set, key, json!({ "user": {"name": n} }));
+    for (n, want) in [
+        ("jack", "diamonds"),
+        ("queen", "diamonds"),
+        ("ten", "clubs"),
+        ("nine", "clubs"),
+        ("3", "spades"),
+    ] {
+        assert_eq!(name("fractional-flag", n), want, "{n}");
+    }
+    for (n, want) in [
+        ("seven", "hearts"),
+        ("eight", "hearts"),
+        ("nine", "diamonds"),
+        ("two", "diamonds"),
+    ] {
+        assert_eq!(name("fractional-flag-A-shared-seed", n), want, "{n}");
+    }
+    // v2 (the default) still answers the @fractional-v2 examples.
+    let v2 = FlagSet::parse(text).unwrap();
+    for (n, want) in [
+        ("jack", "hearts"),
+        ("queen", "spades"),
+        ("ten", "clubs"),
+        ("nine", "diamonds"),
+        ("3", "clubs"),
+    ] {
+        assert_eq!(
+            answer(&v2, "fractional-flag", json!({ "user": {"name": n} })),
+            want,
+            "{n}"
+        );
+    }
+    // and gives null for a non-string bucketing value.
+    assert_eq!(
+        answer(
+            &v2,
+            "fractional-basic-flag",
+            json!({ "hashing_input": 123 })
+        ),
+        "DEFAULT:fallback"
+    );
+}
+
+/// `$evaluators` e0..e20 where each refers to the previous one twice: inlined,
+/// that is 2^20 copies of e0 (the 1.2 KB definition that took 27 s and
+/// 262 MB to apply, and about a second per evaluation).
+fn ref_chain(levels: usize, op: &str) -> Map<String, Value> {
+    let mut evs = Map::new();
+    evs.insert("e0".into(), json!({"==": [{"var": "x"}, 1]}));
+    for i in 1..=levels {
+        let prev = format!("e{}", i - 1);
+        evs.insert(
+            format!("e{i}"),
+            json!({ op: [{"$ref": prev}, {"$ref": prev}] }),
+        );
+    }
+    evs
+}
+
+#[test]
+fn ref_chain_compiles_once_and_evaluates_each_evaluator_once() {
+    for op in ["and", "or"] {
+        let def = json!({
+            "$evaluators": ref_chain(20, op),
+            "flags": {"f": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                            "defaultVariant": "off",
+                            "targeting": {"if": [{"$ref": "e20"}, "on", "off"]}}}
+        });
+        assert!(def.to_string().len() < 1_500, "{}", def.to_string().len());
+        let set = FlagSet::from_value(&def).unwrap_or_else(|e| panic!("{e}"));
+        // Each evaluator compiled once and shared: about 3 nodes per level,
+        // where inlining gave millions.
+        assert!(set.compiled_nodes() < 100, "{}", set.compiled_nodes());
+        assert!(set.warnings().is_empty(), "{:?}", set.warnings());
+        assert_eq!(answer(&set, "f", json!({"x": 1})), "on");
+        assert_eq!(answer(&set, "f", json!({"x": 2})), "off");
+        // Evaluation visits each shared evaluator once, not 2^20 times.
+        let flag = set.find("f").unwrap();
+        assert!(flag.memo_refs);
+        let target = flag.targeting.as_ref().unwrap();
+        for x in [1, 2] {
+            let c = json!({ "x": x });
+            let mut env = Env::new(&c, "f");
+            env.memo = flag.memo_refs;
+            logic::eval(target, &env, Scope::Root).unwrap();
+            assert!(
+                env.steps.get() < 200,
+                "{op} x={x}: {} steps",
+                env.steps.get()
+            );
+        }
+    }
+}
+
+#[test]
+fn ref_chain_in_an_iteration_body_is_refused_by_the_budget() {
+    // A `map` body runs once per element, where shared evaluators are not
+    // memoised: its expanded size counts.
+    let def = json!({
+        "$evaluators": ref_chain(20, "and"),
+        "flags": {"f": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                        "defaultVariant": "off",
+                        "targeting": {"if": [{"some": [{"var": "xs"}, {"$ref": "e20"}]}, "on", "off"]}}}
+    });
+    let err = FlagSet::from_value(&def).unwrap_err().to_string();
+    assert!(
+        err.contains(r#"flag "f": targeting: a map/filter/all/some/none/reduce body expands to"#)
+            && err.contains("above the budget of 1000000 nodes"),
+        "{err}"
+    );
+    // A short chain in a body is fine.
+    let def = json!({
+        "$evaluators": ref_chain(3, "and"),
+        "flags": {"f": {"state": "ENABLED", "variants": {"on": true, "off": false},
+                        "defaultVariant": "off",
+                        "targeting": {"if": [{"some": [{"var": "xs"}, {"$ref": "e3"}]}, "on", "off"]}}}
+    });
+    let set = FlagSet::from_value(&def).unwrap();
+    assert_eq!(answer(&set, "f", json!({"xs": [{"x": 2}, {"x": 1}]})), "on");
+    assert_eq!(answer(&set, "f", json!({"xs": [{"x": 2}]})), "off");
+}
+
+#[test]
+fn definitions_over_the_node_budget_are_refused() {
+    let rule = |n: usize| json!({"in": [{"var": "x"}, (0..n).map(|i| json!({"var": format!("k{i}")})).collect::<Vec<_>>()]});
+    let def = json!({"flags": {
+        "small": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": rule(10)},
+        "big": {"state": "ENABLED", "variants": {"a": 1}, "defaultVariant": "a", "targeting": rule(2_000)}
+    }});
+    let opts = CompileOptions {
+        max_compiled_nodes: 1_000,
+        ..CompileOptions::default()
+    };
+    let err = FlagSet::from_value_with(&def, &opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nodes, above the budget of 1000 nodes (largest: flag \"big\""),
+        "{err}"
+    );
+    let set = FlagSet::from_value(&def).unwrap();
+    assert!(set.compiled_nodes() > 2_000 && set.compiled_nodes() < 2_100);
+}
+
+#[test]
+fn depth_counts_through_refs() {
+    let def = |levels: usize| {
+        let mut evs = Map::new();
+        evs.insert("e0".into(), json!({"var": "x"}));
+        for i in 1..=levels {
+            evs.insert(
+                format!("e{i}"),
+                json!({"!": [{"$ref": format!("e{}", i - 1)}]}),
+            );
+        }
+        let top = format!("e{levels}");
+        json!({"$evaluators": evs, "flags": {"f": {"state": "ENABLED", "variants": {"a": 1},
+               "defaultVariant": "a", "targeting": {"if": [{"$ref": top}, "a", null]}}}})
+    };
+    let set = FlagSet::from_value(&def(20)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(answer(&set, "f", json!({"x": true})), "a");
+    let err = FlagSet::from_value(&def(40)).unwrap_err().to_string();
+    assert!(err.contains("nested deeper than 64 levels"), "{err}");
+}
+
+/// Weights computed from the context can be anything: never an overflow
+/// (a panic in debug builds), always flagd's answer (`null`: the default).
+#[test]
+fn huge_weights_from_the_context_do_not_overflow() {
+    let set = rule_set(
+        &["a", "b"],
+        json!({"fractional": [{"var": "targetingKey"}, ["a", {"var": "wa"}], ["b", {"var": "wb"}]]}),
+    );
+    let spread = rule_set(&["a", "b"], json!({"fractional": {"var": "args"}}));
+    let big: Vec<Value> = vec![
+        json!(1e300),
+        json!(-1e300),
+        json!(i64::MAX),
+        json!(i64::MIN),
+        json!(u64::MAX),
+        json!(f64::MAX),
+        json!(2147483648i64),
+    ];
+    for w in &big {
+        for other in [json!(1), json!(2147483647), w.clone()] {
+            let c = json!({"targetingKey": "u", "wa": w, "wb": other});
+            let got = run(&set, c.clone());
+            // a negative weight counts as 0, so "b" takes everything when valid
+            let want = if w.as_f64().unwrap() < 0.0
+                && other.as_f64().unwrap() <= 2147483647.0
+                && other.as_f64().unwrap() > 0.0
+            {
+                "b"
+            } else {
+                "DEFAULT:a"
+            };
+            assert_eq!(got, want, "{c}");
+            let args = json!({"targetingKey": "u", "args": ["u", ["a", w], ["b", other]]});
+            assert_eq!(run(&spread, args.clone()), want, "{args}");
+        }
+    }
+    // Sums overflowing: i32::MAX twice, and many maximal weights.
+    let c = json!({"targetingKey": "u", "wa": 2147483647, "wb": 2147483647});
+    assert_eq!(run(&set, c), "DEFAULT:a");
+    let many: Vec<Value> = (0..10_000).map(|_| json!(["a", 2147483647])).collect();
+    let mut args = vec![json!("u")];
+    args.extend(many);
+    assert_eq!(run(&spread, json!({"args": args})), "DEFAULT:a");
+}
+
+/// flagd provides `$flagd.flagKey` and `$flagd.timestamp` to rules, also
+/// through a shared evaluator (each flag sees its own key).
+#[test]
+fn flagd_properties_are_available_to_rules() {
+    let set = FlagSet::from_value(&json!({
+        "$evaluators": {"is_beta_flag": {"starts_with": [{"var": "$flagd.flagKey"}, "beta-"]}},
+        "flags": {
+            "beta-search": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                            "targeting": {"if": [{"$ref": "is_beta_flag"}, "on", "off"]}},
+            "search": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                       "targeting": {"if": [{"$ref": "is_beta_flag"}, "on", "off"]}},
+            "key": {"state": "ENABLED", "variants": {"key": "key", "other": "other"}, "defaultVariant": "other",
+                    "targeting": {"if": [{"==": [{"var": "$flagd.flagKey"}, "key"]}, "key", "other"]}},
+            "fresh": {"state": "ENABLED", "variants": {"yes": "yes", "no": "no"}, "defaultVariant": "no",
+                      "targeting": {"if": [{"and": [
+                          {">=": [{"var": "$flagd.timestamp"}, {"var": "from"}]},
+                          {"<=": [{"var": "$flagd.timestamp"}, {"var": "to"}]}]}, "yes", "no"]}}
+        }
+    }))
+    .unwrap();
+    assert_eq!(answer(&set, "beta-search", json!({})), "on");
+    assert_eq!(answer(&set, "search", json!({})), "off");
+    assert_eq!(answer(&set, "key", json!({})), "key");
+    // The timestamp is now, in whole seconds since the epoch.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let window = json!({"from": now - 5, "to": now + 60});
+    assert_eq!(answer(&set, "fresh", window), "yes");
+    assert_eq!(
+        answer(&set, "fresh", json!({"from": now + 3600, "to": now + 7200})),
+        "no"
+    );
+    // The context cannot override them.
+    let spoof =
+        json!({"$flagd": {"flagKey": "key", "timestamp": 0}, "from": now - 5, "to": now + 60});
+    assert_eq!(answer(&set, "search", spoof.clone()), "off");
+    assert_eq!(answer(&set, "fresh", spoof), "yes");
+}
+
+/// `version` is an ordinary attribute: the engine injects nothing.
+#[test]
+fn version_is_not_special() {
+    let set = rule_set(
+        &["old", "new"],
+        json!({"if": [{"sem_ver": [{"var": "version"}, ">=", "2.0.0"]}, "new", "old"]}),
+    );
+    assert_eq!(run(&set, json!({"version": "2.1.0"})), "new");
+    assert_eq!(run(&set, json!({"version": "1.9.0"})), "old");
+    // No version in the context: sem_ver gives null, a false condition.
+    assert_eq!(run(&set, json!({})), "old");
+    let bare = rule_set(&["old", "new"], json!({"var": "version"}));
+    assert_eq!(run(&bare, json!({})), "DEFAULT:old");
+    assert_eq!(run(&bare, json!({"version": "new"})), "new");
+}
+
+#[test]
+fn a_single_use_of_each_evaluator_needs_no_memo() {
+    let set = FlagSet::from_value(&json!({
+        "$evaluators": {"a": {"or": vec![json!({"var": "x"}); 20]}, "b": {"!": {"$ref": "a"}}},
+        "flags": {
+            "once": {"state": "ENABLED", "variants": {"on": 1, "off": 0}, "defaultVariant": "off",
+                     "targeting": {"if": [{"$ref": "b"}, "on", "off"]}},
+            "twice": {"state": "ENABLED", "variants": {"on": 1, "off": 0}, "defaultVariant": "off",
+                      "targeting": {"if": [{"and": [{"$ref": "b"}, {"$ref": "a"}]}, "on", "off"]}}
+        }
+    }))
+    .unwrap();
+    assert!(!set.find("once").unwrap().memo_refs);
+    assert!(set.find("twice").unwrap().memo_refs);
+    assert_eq!(answer(&set, "once", json!({})), "on");
+    assert_eq!(answer(&set, "twice", json!({"x": true})), "off");
+}
+
+/// A first argument that evaluates to an array is a bucket, and the
+/// targeting key is hashed, as in flagd and flagd-core.
+#[test]
+fn fractional_first_argument_evaluating_to_a_bucket() {
+    for opts in [CompileOptions::default(), v3()] {
+        for buckets in [json!(["b", 0]), json!({"var": "second"})] {
+            let def = json!({"flags": {"f": {"state": "ENABLED", "variants": {"a": "a", "b": "b"},
+                "defaultVariant": "b", "targeting": {"fractional": [{"var": "first"}, buckets]}}}});
+            let set = FlagSet::from_value_with(&def, &opts).unwrap();
+            let c = json!({"targetingKey": "u", "first": ["a", 1], "second": ["b", 0]});
+            assert_eq!(answer(&set, "f", c), "a", "{buckets}");
+            let c = json!({"first": ["a", 1], "second": ["b", 0]});
+            assert_eq!(answer(&set, "f", c), "DEFAULT:b", "{buckets}");
+        }
     }
 }
