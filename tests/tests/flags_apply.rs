@@ -166,21 +166,59 @@ fn warnings_refuse_apply_unless_accepted_and_are_recorded() {
     assert_eq!(revision(&c), before);
 }
 
-/// 20 evaluators, each referencing the previous one twice: 1.2 KB that
-/// inlines to about a million nodes.
-fn ref_bomb() -> String {
+/// A 20-level `$ref` chain (each evaluator references the previous one
+/// twice: 1.2 KB that inlines to about two million nodes), used by `rule`.
+fn ref_chain(rule: &str) -> String {
     let mut evaluators = vec![r#""e0": {"==": [{"var": "plan"}, "pro"]}"#.to_string()];
-    for i in 1..20 {
+    for i in 1..=20 {
         evaluators.push(format!(
-            r#""e{i}": {{"or": [{{"$ref": "e{p}"}}, {{"$ref": "e{p}"}}]}}"#,
+            r#""e{i}": {{"and": [{{"$ref": "e{p}"}}, {{"$ref": "e{p}"}}]}}"#,
             p = i - 1
         ));
     }
     format!(
         r#"{{"$evaluators": {{{}}}, "flags": {{"bomb": {{"state": "ENABLED", "variants": {{"on": true, "off": false}},
-           "defaultVariant": "off", "targeting": {{"if": [{{"$ref": "e19"}}, "on", "off"]}}}}}}}}"#,
+           "defaultVariant": "off", "targeting": {{"if": [{rule}, "on", "off"]}}}}}}}}"#,
         evaluators.join(", ")
     )
+}
+
+fn apply_in_background(
+    c: &Collector,
+    path: &std::path::Path,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let (admin_url, token, path) = (
+        c.admin_url.clone(),
+        c.admin_token.clone(),
+        path.to_str().unwrap().to_string(),
+    );
+    std::thread::spawn(move || {
+        std::process::Command::new(bin("opsctl"))
+            .args(["flags", "apply", &path, "--env", "prod", "--reason", "bomb"])
+            .args(["--accept-warnings"])
+            .env("OPSPLANE_URL", admin_url)
+            .env("OPSPLANE_TOKEN", token)
+            .output()
+            .unwrap()
+    })
+}
+
+/// Kills and revives `checkout` until `apply` is done, each one going
+/// through; returns how many.
+fn kill_until_done(c: &Collector, apply: &std::thread::JoinHandle<std::process::Output>) -> u64 {
+    let mut kills: u64 = 0;
+    loop {
+        let verb = if kills.is_multiple_of(2) {
+            "kill"
+        } else {
+            "revive"
+        };
+        c.ok(&[verb, "checkout", "--env", "prod", "--reason", "incident"]);
+        kills += 1;
+        if apply.is_finished() {
+            return kills;
+        }
+    }
 }
 
 #[test]
@@ -199,39 +237,35 @@ fn a_ref_explosion_is_refused_naming_the_budget_while_a_kill_goes_through() {
     ]);
     c.ok(&["killswitches", "create", "checkout", "--description", "x"]);
     let rev = revision(&c);
-    let bomb = file(tmp.path(), "bomb.json", &ref_bomb());
-    assert!(std::fs::metadata(&bomb).unwrap().len() < 2048);
 
-    let (admin_url, token, path) = (
-        c.admin_url.clone(),
-        c.admin_token.clone(),
-        bomb.to_str().unwrap().to_string(),
+    // in an iteration body the chain is evaluated once per element, so its
+    // expanded size counts: over the budget, refused whole
+    let bomb = file(
+        tmp.path(),
+        "bomb.json",
+        &ref_chain(r#"{"some": [{"var": "xs"}, {"$ref": "e20"}]}"#),
     );
-    let apply = std::thread::spawn(move || {
-        std::process::Command::new(bin("opsctl"))
-            .args(["flags", "apply", &path, "--env", "prod", "--reason", "bomb"])
-            .args(["--accept-warnings"])
-            .env("OPSPLANE_URL", admin_url)
-            .env("OPSPLANE_TOKEN", token)
-            .output()
-            .unwrap()
-    });
-    // kills while the definition is being checked: each one goes through
-    let mut kills: u64 = 0;
-    loop {
-        let verb = if kills.is_multiple_of(2) { "kill" } else { "revive" };
-        c.ok(&[verb, "checkout", "--env", "prod", "--reason", "incident"]);
-        kills += 1;
-        if apply.is_finished() {
-            break;
-        }
-    }
+    assert!(std::fs::metadata(&bomb).unwrap().len() < 1500);
+    let apply = apply_in_background(&c, &bomb);
+    let kills = kill_until_done(&c, &apply);
     let out = apply.join().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let err = text(&out.stderr);
-    assert!(err.contains("budget"), "{err}");
-    // the definition changed nothing; the kills each wrote a revision
+    assert!(
+        err.contains("above the budget") && err.contains("\"bomb\""),
+        "{err}"
+    );
     let listed = c.json(&["flags", "list", "--env", "prod"]);
     assert!(listed["definition"]["flags"].get("bomb").is_none());
-    assert!(revision(&c) >= rev.map(|r| r + kills));
+    // each kill and revive wrote its revision; the definition none
+    assert_eq!(revision(&c), rev.map(|r| r + kills));
+
+    // used directly, the shared evaluators compile once: applied
+    let chain = file(tmp.path(), "chain.json", &ref_chain(r#"{"$ref": "e20"}"#));
+    let apply = apply_in_background(&c, &chain);
+    kill_until_done(&c, &apply);
+    let out = apply.join().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = c.json(&["flags", "list", "--env", "prod"]);
+    assert!(listed["definition"]["flags"].get("bomb").is_some());
 }
