@@ -307,7 +307,7 @@ const MAX_CHECK_ATTEMPTS: usize = 3;
 /// accepted (`accept_warnings` now, or recorded in the request being
 /// approved); `flags set` may keep the warnings of the revision it changes
 /// but bring no new ones. Other operations pass through.
-pub async fn check(ctx: &Ctx, mut op: Op, accept_warnings: bool) -> Result<Op, FlagError> {
+async fn check(ctx: &Ctx, mut op: Op, accept_warnings: bool) -> Result<Op, FlagError> {
     match &mut op {
         Op::FlagApply {
             definition,
