@@ -30,21 +30,25 @@ async fn seed(st: &store::Store) {
     let a = Actor::system("system:bench");
     let hash = collector::auth::hash_password(PASSWORD).unwrap();
     let a2 = a.clone();
+    let mut flags = serde_json::Map::new();
+    for i in 0..FLAGS {
+        flags.insert(
+            format!("flag-{i:02}"),
+            json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
+                   "targeting": {"if": [{"in": [{"var": "region"}, ["eu-west", "us-east"]]}, "on",
+                                 {"fractional": [["on", 10], ["off", 90]]}]}}),
+        );
+    }
+    // definitions are compiled off the writer
+    let definition = store::flags::check_apply(json!({ "flags": flags }))
+        .await
+        .unwrap();
     st.write(move |tx| {
         store::users::add(tx, &a2, "bench", Role::Admin, &hash, "bench")?;
         for i in 0..5 {
             store::killswitches::declare(tx, &a2, &format!("switch-{i}"), "bench switch")?;
         }
-        let mut flags = serde_json::Map::new();
-        for i in 0..FLAGS {
-            flags.insert(
-                format!("flag-{i:02}"),
-                json!({"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "off",
-                       "targeting": {"if": [{"in": [{"var": "region"}, ["eu-west", "us-east"]]}, "on",
-                                     {"fractional": [["on", 10], ["off", 90]]}]}}),
-            );
-        }
-        store::flags::apply(tx, &a2, "prod", json!({ "flags": flags }), "bench", false)?;
+        store::flags::apply(tx, &a2, "prod", &definition, "bench")?;
         Ok(())
     })
     .await
@@ -106,22 +110,8 @@ async fn seed(st: &store::Store) {
                             "bench",
                         )?;
                     }
-                    1 => {
-                        let state = if k.is_multiple_of(2) {
-                            "DISABLED"
-                        } else {
-                            "ENABLED"
-                        };
-                        store::flags::set(
-                            tx,
-                            &a2,
-                            "prod",
-                            &format!("flag-{:02}", k % FLAGS),
-                            Some(state),
-                            None,
-                            "bench",
-                        )?;
-                    }
+                    // flag changes below: compiled off the writer, one write each
+                    1 => {}
                     _ => {
                         store::tokens::create_enroll_token(tx, &a2, "staging", "web", None)?;
                     }
@@ -131,6 +121,21 @@ async fn seed(st: &store::Store) {
         })
         .await
         .unwrap();
+        for k in (0..n).map(|i| r * 500 + i).filter(|k| k % 3 == 1) {
+            let state = if k.is_multiple_of(2) {
+                "DISABLED"
+            } else {
+                "ENABLED"
+            };
+            let key = format!("flag-{:02}", k % FLAGS);
+            let checked = store::flags::check_set(st, "prod", &key, Some(state), None)
+                .await
+                .unwrap();
+            let a2 = a.clone();
+            st.write(move |tx| store::flags::set(tx, &a2, &checked, "bench"))
+                .await
+                .unwrap();
+        }
         round += 1;
         written = st
             .read(|c| {

@@ -6,7 +6,13 @@
 use crate::api::{healthz, not_found, ApiError, ApiResult, BodyLimit, Json};
 use crate::approvals;
 use crate::auth::{Actor, Role};
-use crate::store::{self, agents::AgentRow, audit, flags::FlagChange};
+use crate::store::{
+    self,
+    agents::AgentRow,
+    approvals::Approval,
+    audit,
+    flags::{FlagChange, FlagError},
+};
 use crate::Ctx;
 use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, Request, State};
 use axum::http::{header, request::Parts, StatusCode};
@@ -14,7 +20,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use common::flags::FlagSet;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -316,36 +321,95 @@ struct ApplyReq {
     reason: String,
     #[serde(default)]
     dry_run: bool,
+    /// Apply even though the definition has warnings (they are recorded).
+    #[serde(default)]
+    accept_warnings: bool,
+}
+
+/// A refused flag change: a plain API error, or 422 `DEFINITION_WARNINGS`
+/// whose error object lists every warning (`warnings`, an array).
+enum FlagApiError {
+    Api(ApiError),
+    Warnings {
+        message: String,
+        warnings: Vec<String>,
+    },
+}
+
+impl From<ApiError> for FlagApiError {
+    fn from(e: ApiError) -> Self {
+        FlagApiError::Api(e)
+    }
+}
+
+impl From<store::StoreError> for FlagApiError {
+    fn from(e: store::StoreError) -> Self {
+        FlagApiError::Api(e.into())
+    }
+}
+
+impl FlagApiError {
+    /// `subject` names what has the warnings, `hint` how to accept them.
+    fn new(e: FlagError, subject: &str, hint: &str) -> Self {
+        match e {
+            FlagError::Definition(d) => FlagApiError::Api(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_DEFINITION",
+                d.to_string(),
+            )),
+            FlagError::Warnings(warnings) => FlagApiError::Warnings {
+                message: format!(
+                    "{subject} has {} warning(s) (flagd would load it and answer these at evaluation time): {}; {hint}",
+                    warnings.len(),
+                    warnings.join("; ")
+                ),
+                warnings,
+            },
+            FlagError::Store(s) => FlagApiError::Api(s.into()),
+        }
+    }
+}
+
+impl IntoResponse for FlagApiError {
+    fn into_response(self) -> Response {
+        match self {
+            FlagApiError::Api(e) => e.into_response(),
+            FlagApiError::Warnings { message, warnings } => crate::api::json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &json!({"error": {"code": "DEFINITION_WARNINGS", "message": message, "warnings": warnings}}),
+            ),
+        }
+    }
 }
 
 async fn flags_apply(
     State(ctx): State<Ctx>,
     caller: Caller,
     Json(r): Json<ApplyReq>,
-) -> ApiResult<Response> {
+) -> Result<Response, FlagApiError> {
     let actor = caller.require(Role::Operator)?.clone();
     if !r.dry_run {
         require_reason(&r.reason)?;
     }
-    FlagSet::from_value(&r.definition)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_DEFINITION", e.to_string()))?;
+    let refused = |e| {
+        FlagApiError::new(
+            e,
+            "the definition",
+            "apply it with accept_warnings (opsctl flags apply --accept-warnings) to serve it anyway",
+        )
+    };
     if r.dry_run {
-        let (change, _) = ctx
-            .store
-            .write(move |tx| {
-                store::flags::apply(tx, &actor, &r.environment, r.definition, &r.reason, true)
-            })
-            .await?;
+        // compiled on the blocking pool; nothing goes through the writer
+        let change = store::flags::preview(&ctx.store, &r.environment, r.definition)
+            .await
+            .map_err(refused)?;
         return Ok(ok(&change_view(change)));
     }
-    let op = approvals::Op::FlagApply {
-        environment: r.environment,
-        definition: r.definition,
-    };
-    submitted(
-        approvals::submit(&ctx, &actor, op, &r.reason).await?,
-        Value::Null,
-    )
+    let op = approvals::Op::flag_apply(r.environment, r.definition);
+    let out = approvals::submit_checked(&ctx, &actor, op, r.accept_warnings, &r.reason)
+        .await
+        .map_err(refused)?;
+    Ok(submitted(out, Value::Null)?)
 }
 
 /// 200 with the result, or 202 with the pending request when the change
@@ -356,7 +420,7 @@ fn submitted(out: approvals::Submitted, extra: Value) -> ApiResult<Response> {
         approvals::Submitted::Applied(e) => (StatusCode::OK, e.output),
         approvals::Submitted::Pending(a) => (
             StatusCode::ACCEPTED,
-            json!({"pending": true, "approval": a, "message": format!("waiting for approval by another person: request {}", a.id)}),
+            json!({"pending": true, "approval": approval_view(&a), "message": format!("waiting for approval by another person: request {}", a.id)}),
         ),
     };
     if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
@@ -366,7 +430,22 @@ fn submitted(out: approvals::Submitted, extra: Value) -> ApiResult<Response> {
 }
 
 fn change_view(c: FlagChange) -> Value {
-    json!({"revision": c.revision, "changed": c.changed, "diff": c.diff, "diff_text": common::diff::render(&c.diff)})
+    json!({"revision": c.revision, "changed": c.changed, "diff": c.diff, "diff_text": common::diff::render(&c.diff), "warnings": c.warnings})
+}
+
+/// A request as answered, with the warnings a `flags apply` request
+/// accepted (`accepted_warnings`), so whoever approves sees them.
+fn approval_view(a: &Approval) -> Value {
+    let mut v = serde_json::to_value(a).unwrap_or(Value::Null);
+    if let (Some(obj), Ok(op)) = (
+        v.as_object_mut(),
+        serde_json::from_value::<approvals::Op>(a.payload.clone()),
+    ) {
+        if !op.accepted_warnings().is_empty() {
+            obj.insert("accepted_warnings".into(), json!(op.accepted_warnings()));
+        }
+    }
+    v
 }
 
 #[derive(Deserialize)]
@@ -383,22 +462,25 @@ async fn flag_set(
     caller: Caller,
     Path(key): Path<String>,
     Json(r): Json<FlagSetReq>,
-) -> ApiResult<Response> {
+) -> Result<Response, FlagApiError> {
     let actor = caller.require(Role::Operator)?.clone();
     require_reason(&r.reason)?;
     if r.state.is_none() && r.default_variant.is_none() {
-        return Err(ApiError::bad_request("give state or default_variant"));
+        return Err(ApiError::bad_request("give state or default_variant").into());
     }
-    let op = approvals::Op::FlagSet {
-        environment: r.environment,
-        key,
-        state: r.state,
-        default_variant: r.default_variant,
-    };
-    submitted(
-        approvals::submit(&ctx, &actor, op, &r.reason).await?,
-        Value::Null,
-    )
+    let op = approvals::Op::flag_set(r.environment, key, r.state, r.default_variant);
+    // warnings the revision already had were accepted when it was applied;
+    // a new one needs the whole definition applied with accept_warnings
+    let out = approvals::submit_checked(&ctx, &actor, op, false, &r.reason)
+        .await
+        .map_err(|e| {
+            FlagApiError::new(
+                e,
+                "the changed definition",
+                "the revision in force does not have them: apply the whole definition with accept_warnings (opsctl flags apply --accept-warnings) to accept them",
+            )
+        })?;
+    Ok(submitted(out, Value::Null)?)
 }
 
 #[derive(Deserialize)]
@@ -822,6 +904,7 @@ async fn approvals_list(
         .store
         .read(move |c| store::approvals::list(c, state.as_deref(), limit))
         .await?;
+    let list: Vec<Value> = list.iter().map(approval_view).collect();
     Ok(ok(&json!({ "approvals": list })))
 }
 
@@ -836,7 +919,7 @@ async fn approval_get(
         .read(move |c| store::approvals::get(c, &id))
         .await?
         .ok_or_else(|| ApiError::not_found("no such approval request"))?;
-    Ok(ok(&a))
+    Ok(ok(&approval_view(&a)))
 }
 
 fn approval_error(e: approvals::ApprovalError) -> ApiError {

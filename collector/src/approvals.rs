@@ -12,11 +12,12 @@
 //! never come here.
 
 use crate::auth::{Actor, Role};
-use crate::store::{self, approvals::Approval, StoreError};
+use crate::store::{self, approvals::Approval, flags::FlagError, StoreError};
 use crate::Ctx;
 use common::wire::Revision;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 /// Which operations need a second person's approval.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,10 +65,20 @@ pub enum Op {
         key: String,
         state: Option<String>,
         default_variant: Option<String>,
+        /// Compiled off the writer just before the write; never stored.
+        #[serde(skip)]
+        checked: Option<Arc<store::flags::CheckedSet>>,
     },
     FlagApply {
         environment: String,
         definition: Value,
+        /// The definition's warnings the requester accepted
+        /// (`--accept-warnings`), shown to the approver.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        accepted_warnings: Vec<String>,
+        /// Compiled off the writer just before the write; never stored.
+        #[serde(skip)]
+        checked: Option<Arc<store::flags::CheckedApply>>,
     },
     UserAdd {
         name: String,
@@ -95,6 +106,42 @@ pub enum Op {
 }
 
 impl Op {
+    /// `flags set`: one flag's state and/or default variant.
+    pub fn flag_set(
+        environment: String,
+        key: String,
+        state: Option<String>,
+        default_variant: Option<String>,
+    ) -> Op {
+        Op::FlagSet {
+            environment,
+            key,
+            state,
+            default_variant,
+            checked: None,
+        }
+    }
+
+    /// `flags apply`: a whole definition.
+    pub fn flag_apply(environment: String, definition: Value) -> Op {
+        Op::FlagApply {
+            environment,
+            definition,
+            accepted_warnings: Vec::new(),
+            checked: None,
+        }
+    }
+
+    /// The warnings a `flags apply` request accepted.
+    pub fn accepted_warnings(&self) -> &[String] {
+        match self {
+            Op::FlagApply {
+                accepted_warnings, ..
+            } => accepted_warnings,
+            _ => &[],
+        }
+    }
+
     /// The role needed to perform (and so to approve) the operation.
     pub fn required_role(&self) -> Role {
         match self {
@@ -147,31 +194,19 @@ pub fn execute(
     reason: &str,
 ) -> store::Result<Executed> {
     match op {
-        Op::FlagSet {
-            environment,
-            key,
-            state,
-            default_variant,
-        } => {
-            let (change, rev) = store::flags::set(
-                tx,
-                actor,
-                environment,
-                key,
-                state.as_deref(),
-                default_variant.as_deref(),
-                reason,
-            )?;
+        // flag definitions were compiled off the writer by [`check`]
+        Op::FlagSet { checked, .. } => {
+            let checked = checked.as_deref().ok_or_else(not_checked)?;
+            let (change, rev) = store::flags::set(tx, actor, checked, reason)?;
             Ok(flag_executed(change, rev))
         }
         Op::FlagApply {
             environment,
-            definition,
+            checked,
+            ..
         } => {
-            common::flags::FlagSet::from_value(definition)
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            let (change, rev) =
-                store::flags::apply(tx, actor, environment, definition.clone(), reason, false)?;
+            let checked = checked.as_deref().ok_or_else(not_checked)?;
+            let (change, rev) = store::flags::apply(tx, actor, environment, checked, reason)?;
             Ok(flag_executed(change, rev))
         }
         Op::UserAdd {
@@ -256,6 +291,70 @@ pub fn execute(
     }
 }
 
+fn not_checked() -> StoreError {
+    tracing::error!("flag change reached the writer without being checked");
+    StoreError::Invalid("internal error: the flag change was not checked".into())
+}
+
+/// How often a flag change computed from a revision that moved on before
+/// the write (a kill meanwhile, say) is checked again before giving up with
+/// a conflict.
+const MAX_CHECK_ATTEMPTS: usize = 3;
+
+/// For flag operations: compiles the definition `op` would write on the
+/// blocking pool (never the writer thread: see `store::flags`) and attaches
+/// it, refusing warnings nobody accepted: `flags apply` needs every warning
+/// accepted (`accept_warnings` now, or recorded in the request being
+/// approved); `flags set` may keep the warnings of the revision it changes
+/// but bring no new ones. Other operations pass through.
+async fn check(ctx: &Ctx, mut op: Op, accept_warnings: bool) -> Result<Op, FlagError> {
+    match &mut op {
+        Op::FlagApply {
+            definition,
+            accepted_warnings,
+            checked,
+            ..
+        } => {
+            let c = store::flags::check_apply(definition.clone()).await?;
+            if accept_warnings {
+                *accepted_warnings = c.warnings().to_vec();
+            }
+            let unaccepted: Vec<String> = c
+                .warnings()
+                .iter()
+                .filter(|w| !accepted_warnings.contains(w))
+                .cloned()
+                .collect();
+            if !unaccepted.is_empty() {
+                return Err(FlagError::Warnings(unaccepted));
+            }
+            *checked = Some(Arc::new(c));
+        }
+        Op::FlagSet {
+            environment,
+            key,
+            state,
+            default_variant,
+            checked,
+        } => {
+            let c = store::flags::check_set(
+                &ctx.store,
+                environment,
+                key,
+                state.as_deref(),
+                default_variant.as_deref(),
+            )
+            .await?;
+            if !c.new_warnings().is_empty() {
+                return Err(FlagError::Warnings(c.new_warnings().to_vec()));
+            }
+            *checked = Some(Arc::new(c));
+        }
+        _ => {}
+    }
+    Ok(op)
+}
+
 fn diff_value(before: &Value, after: &Value) -> Value {
     serde_json::to_value(common::diff::diff(before, after)).unwrap_or(Value::Null)
 }
@@ -269,6 +368,7 @@ fn flag_executed(change: store::flags::FlagChange, rev: Option<Revision>) -> Exe
             "changed": change.changed,
             "diff": change.diff,
             "diff_text": common::diff::render(&change.diff),
+            "warnings": change.warnings,
         }),
         changed: change.changed,
     }
@@ -319,6 +419,38 @@ pub async fn set_policy(
 /// admin has nobody to ask: its changes apply at once, and the request-free
 /// audit entry shows that. Add a second admin to get four eyes.)
 pub async fn submit(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::Result<Submitted> {
+    submit_checked(ctx, actor, op, false, reason)
+        .await
+        .map_err(FlagError::into_store)
+}
+
+/// [`submit`], with flag changes first [`check`]ed (`accept_warnings` for
+/// `flags apply --accept-warnings`), and checked again when the revision
+/// they were computed from moved on before the write.
+pub async fn submit_checked(
+    ctx: &Ctx,
+    actor: &Actor,
+    op: Op,
+    accept_warnings: bool,
+    reason: &str,
+) -> Result<Submitted, FlagError> {
+    let mut attempt = 1;
+    loop {
+        let checked = check(ctx, op.clone(), accept_warnings).await?;
+        match submit_once(ctx, actor, checked, reason).await {
+            Err(e) if store::flags::is_stale(&e) && attempt < MAX_CHECK_ATTEMPTS => {
+                tracing::debug!(
+                    attempt,
+                    "flag change checked against an old revision, again"
+                );
+                attempt += 1;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+async fn submit_once(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::Result<Submitted> {
     let policy = policy(ctx).await?;
     let actor = actor.clone();
     let reason = reason.to_string();
@@ -389,6 +521,73 @@ async fn decide(
     reason: &str,
     approved: bool,
 ) -> Result<Decided, ApprovalError> {
+    let mut attempt = 1;
+    loop {
+        let checked = if approved {
+            checked_request(ctx, id).await?
+        } else {
+            None
+        };
+        let out = decide_once(
+            ctx,
+            approver,
+            token_creator.clone(),
+            id,
+            reason,
+            approved,
+            checked,
+        );
+        match out.await {
+            Err(ApprovalError::Store(e))
+                if store::flags::is_stale(&e) && attempt < MAX_CHECK_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The flag change of pending request `id`, [`check`]ed off the writer
+/// (with the warnings the requester accepted), for the approval to run;
+/// `None` for other requests (and for those `decide_once` refuses anyway).
+async fn checked_request(ctx: &Ctx, id: &str) -> Result<Option<Op>, ApprovalError> {
+    let id = id.to_string();
+    let a = ctx
+        .store
+        .read(move |c| store::approvals::get(c, &id))
+        .await?;
+    let Some(a) = a.filter(|a| a.state == "pending") else {
+        return Ok(None);
+    };
+    let Ok(op) = serde_json::from_value::<Op>(a.payload.clone()) else {
+        return Ok(None);
+    };
+    if !matches!(op, Op::FlagSet { .. } | Op::FlagApply { .. }) {
+        return Ok(None);
+    }
+    match check(ctx, op, false).await {
+        Ok(op) => Ok(Some(op)),
+        Err(FlagError::Warnings(w)) => Err(StoreError::Conflict(format!(
+            "{} would now bring warnings the request did not accept ({}); reject it and request the change again",
+            a.target,
+            w.join("; ")
+        ))
+        .into()),
+        Err(e) => Err(e.into_store().into()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decide_once(
+    ctx: &Ctx,
+    approver: &Actor,
+    token_creator: Option<String>,
+    id: &str,
+    reason: &str,
+    approved: bool,
+    checked: Option<Op>,
+) -> Result<Decided, ApprovalError> {
     let approver = approver.clone();
     let id = id.to_string();
     let reason = reason.to_string();
@@ -408,6 +607,9 @@ async fn decide(
             }
             let op: Op = serde_json::from_value(a.payload.clone())
                 .map_err(|e| StoreError::Invalid(format!("request {id} cannot be read: {e}")))?;
+            // the same payload (a request's payload never changes), with its
+            // flag definition compiled off the writer
+            let op = checked.unwrap_or(op);
             let is_own = a.requested_by == approver.name || token_creator.as_deref() == Some(a.requested_by.as_str());
             if approved && is_own {
                 return Ok(Err(format!(

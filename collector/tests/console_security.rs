@@ -94,12 +94,13 @@ impl Harness {
                 .unwrap();
             tokens.insert(r, t);
         }
-        st.write(|tx| {
+        let def = json!({"flags": {"f1": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"}}});
+        let def = store::flags::check_apply(def).await.unwrap();
+        st.write(move |tx| {
             let a = Actor::system("system:test");
             store::killswitches::declare(tx, &a, "ks1", "test switch")?;
-            let def = json!({"flags": {"f1": {"state": "ENABLED", "variants": {"on": true, "off": false}, "defaultVariant": "on"}}});
-            store::flags::apply(tx, &a, "dev", def.clone(), "seed", false)?;
-            store::flags::apply(tx, &a, "prod", def, "seed", false)?;
+            store::flags::apply(tx, &a, "dev", &def, "seed")?;
+            store::flags::apply(tx, &a, "prod", &def, "seed")?;
             Ok(())
         })
         .await

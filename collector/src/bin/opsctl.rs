@@ -113,6 +113,11 @@ enum FlagsCmd {
         dry_run: bool,
         #[arg(long, required_unless_present = "dry_run")]
         reason: Option<String>,
+        /// Apply even though the definition has warnings (problems flagd
+        /// loads anyway and answers at evaluation time); they are recorded
+        /// in the audit log and shown to whoever approves the change.
+        #[arg(long)]
+        accept_warnings: bool,
     },
     List {
         #[arg(long)]
@@ -247,18 +252,7 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<reqwest::blocking::Response, Failure> {
-        let url = format!("{}/api/v1{}", self.base, path);
-        let mut req = self
-            .http
-            .request(method, &url)
-            .bearer_auth(&self.token)
-            .header("user-agent", format!("opsctl/{}", common::VERSION));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().map_err(|e| {
-            Failure::Op(format!("cannot reach the collector at {}: {e}", self.base))
-        })?;
+        let resp = self.send(method, path, body)?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -269,6 +263,50 @@ impl Client {
             .and_then(|v| v["error"]["message"].as_str().map(String::from))
             .unwrap_or(text);
         Err(Failure::Op(format!("{msg} (HTTP {})", status.as_u16())))
+    }
+
+    /// POSTs `body`; a refusal whose error code is `code` comes back as
+    /// `Ok(Err(error object))` for the caller to show, other failures as
+    /// [`Failure`].
+    fn post_unless(
+        &self,
+        path: &str,
+        body: Value,
+        code: &str,
+    ) -> Result<Result<Value, Value>, Failure> {
+        let resp = self.send(reqwest::Method::POST, path, Some(body))?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        let v: Option<Value> = serde_json::from_str(&text).ok();
+        match v {
+            Some(v) if status.is_success() => Ok(Ok(v)),
+            Some(v) if v["error"]["code"] == code => Ok(Err(v["error"].clone())),
+            v => {
+                let msg = v
+                    .and_then(|v| v["error"]["message"].as_str().map(String::from))
+                    .unwrap_or(text);
+                Err(Failure::Op(format!("{msg} (HTTP {})", status.as_u16())))
+            }
+        }
+    }
+
+    fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<reqwest::blocking::Response, Failure> {
+        let url = format!("{}/api/v1{}", self.base, path);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .header("user-agent", format!("opsctl/{}", common::VERSION));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send()
+            .map_err(|e| Failure::Op(format!("cannot reach the collector at {}: {e}", self.base)))
     }
 
     fn get(&self, path: &str) -> Result<Value, Failure> {
@@ -378,7 +416,52 @@ fn pending(v: &Value) -> bool {
     let diff: Vec<common::diff::Change> =
         serde_json::from_value(a["diff"].clone()).unwrap_or_default();
     print!("{}", common::diff::render(&diff));
+    print_warnings(
+        "accepted warnings (shown to the approver)",
+        &a["accepted_warnings"],
+    );
     true
+}
+
+/// The refusal code of a flag change with warnings nobody accepted.
+const DEFINITION_WARNINGS: &str = "DEFINITION_WARNINGS";
+
+/// Prints `title (N):` and one warning a line, if there are any.
+fn print_warnings(title: &str, warnings: &Value) {
+    let list = warnings.as_array().map(Vec::as_slice).unwrap_or_default();
+    if list.is_empty() {
+        return;
+    }
+    println!("{title} ({}):", list.len());
+    for w in list {
+        println!("  - {}", s(w));
+    }
+}
+
+/// Shows a `DEFINITION_WARNINGS` refusal (the error object; `--json`: on
+/// standard output as `{"error": ...}`, with `warnings` an array) and
+/// fails with exit code 1.
+fn refused_for_warnings(c: &Client, error: &Value, hint: &str) -> Out {
+    if c.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "error": error })).unwrap_or_default()
+        );
+    } else {
+        let list = error["warnings"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        eprintln!(
+            "error: refused: {} warning(s), problems flagd would load and answer at evaluation time:",
+            list.len()
+        );
+        for w in list {
+            eprintln!("  - {}", s(w));
+        }
+        eprintln!("{hint}");
+    }
+    Ok(ExitCode::from(1))
 }
 
 fn approvals(c: &Client, cmd: ApprovalsCmd) -> Out {
@@ -499,6 +582,7 @@ fn flags(c: &Client, cmd: FlagsCmd) -> Out {
             env,
             dry_run,
             reason,
+            accept_warnings,
         } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
@@ -510,10 +594,19 @@ fn flags(c: &Client, cmd: FlagsCmd) -> Out {
                     e.column()
                 ))
             })?;
-            let v = c.post(
+            let answer = c.post_unless(
                 "/flags/apply",
-                json!({"environment": env, "definition": definition, "reason": reason.unwrap_or_default(), "dry_run": dry_run}),
+                json!({"environment": env, "definition": definition, "reason": reason.unwrap_or_default(), "dry_run": dry_run, "accept_warnings": accept_warnings}),
+                DEFINITION_WARNINGS,
             )?;
+            let v = match answer {
+                Ok(v) => v,
+                Err(error) => return refused_for_warnings(
+                    c,
+                    &error,
+                    "nothing applied; to serve it anyway, apply it again with --accept-warnings",
+                ),
+            };
             c.show(&v, |v| {
                 if pending(v) {
                     return;
@@ -523,11 +616,18 @@ fn flags(c: &Client, cmd: FlagsCmd) -> Out {
                     println!("no changes (revision {})", s(&v["revision"]));
                 } else {
                     print!("{diff}");
-                    if dry_run {
-                        println!("dry run: nothing applied");
-                    } else {
-                        println!("applied as revision {}", s(&v["revision"]));
+                }
+                if dry_run {
+                    print_warnings("warnings", &v["warnings"]);
+                    if v["warnings"].as_array().is_some_and(|w| !w.is_empty()) {
+                        println!("applying it needs --accept-warnings");
                     }
+                    if !diff.is_empty() {
+                        println!("dry run: nothing applied");
+                    }
+                } else if !diff.is_empty() {
+                    print_warnings("accepted warnings", &v["warnings"]);
+                    println!("applied as revision {}", s(&v["revision"]));
                 }
             });
         }
@@ -585,10 +685,21 @@ fn flags(c: &Client, cmd: FlagsCmd) -> Out {
             default_variant,
             reason,
         } => {
-            let v = c.post(
+            let answer = c.post_unless(
                 &format!("/flags/{}", q(&key)),
                 json!({"environment": env, "state": state, "default_variant": default_variant, "reason": reason}),
+                DEFINITION_WARNINGS,
             )?;
+            let v = match answer {
+                Ok(v) => v,
+                Err(error) => {
+                    return refused_for_warnings(
+                        c,
+                        &error,
+                        "nothing changed: the revision in force does not have these warnings; to accept them, apply the whole definition with `opsctl flags apply --accept-warnings`",
+                    )
+                }
+            };
             c.show(&v, |v| {
                 if pending(v) {
                     return;

@@ -520,16 +520,25 @@ async fn flag_set(
 ) -> PageResult {
     let actor = s.require(Role::Operator)?.clone();
     require_reason(&f.reason)?;
-    let op = Op::FlagSet {
-        environment: f.env.clone(),
-        key: f.key.clone(),
-        state: f.state.filter(|v| !v.is_empty()),
-        default_variant: f.default_variant.filter(|v| !v.is_empty()),
-    };
+    let op = Op::flag_set(
+        f.env.clone(),
+        f.key.clone(),
+        f.state.filter(|v| !v.is_empty()),
+        f.default_variant.filter(|v| !v.is_empty()),
+    );
+    // warnings the revision already had were accepted when it was applied
+    let out = approvals::submit_checked(&ctx, &actor, op, false, &f.reason)
+        .await
+        .map_err(|e| {
+            flag_refusal(
+                e,
+                "This change brings warnings the revision in force does not have. To accept them, apply the whole definition and tick \"apply despite these warnings\".",
+            )
+        })?;
     submitted(
         &ctx,
         &s,
-        approvals::submit(&ctx, &actor, op, &f.reason).await?,
+        out,
         &format!(
             "/console/flags?env={}&done=flag&name={}",
             enc(&f.env),
@@ -561,12 +570,26 @@ async fn pending_page(ctx: &Ctx, s: &Session, a: &Approval, secret: Option<Marku
         p.flash.warn { "This change needs a second person. It takes effect when someone else approves request "
             code { (a.id) } " (before " (render::short_time(&a.expires)) ")." }
         @if let Some(m) = secret { (m) }
-        div.card { h2 { "What will change" } (diff_table(&a.diff)) }
+        div.card { h2 { "What will change" } (diff_table(&a.diff)) (accepted_warnings(a)) }
         p { a href="/console/approvals" { "See all pending requests →" } }
     };
     let mut r = page(ctx, s, "approvals", "Waiting for approval", body).await?;
     *r.status_mut() = StatusCode::ACCEPTED;
     Ok(r)
+}
+
+/// The warnings a `flags apply` request accepted, for whoever approves it.
+fn accepted_warnings(a: &Approval) -> Markup {
+    let op = serde_json::from_value::<Op>(a.payload.clone()).ok();
+    let warnings = op.as_ref().map(Op::accepted_warnings).unwrap_or_default();
+    html! {
+        @if !warnings.is_empty() {
+            div.flash.warn.accepted-warnings {
+                p { "The requester accepted " strong { (warnings.len()) " warning(s)" } " of this definition (flagd loads it, but answers these flags with an error or their default variant):" }
+                (warnings_list(warnings))
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -609,19 +632,46 @@ struct DefinitionForm {
     definition: String,
     #[serde(default)]
     reason: String,
+    /// The "apply despite these warnings" checkbox (present when ticked).
+    #[serde(default)]
+    accept_warnings: Option<String>,
 }
 
 fn parse_definition(text: &str) -> Result<Value, PageError> {
-    let v: Value = serde_json::from_str(text).map_err(|e| {
+    serde_json::from_str(text).map_err(|e| {
         PageError::bad_request(format!(
             "The definition is not valid JSON (line {}, column {}): {e}",
             e.line(),
             e.column()
         ))
-    })?;
-    common::flags::FlagSet::from_value(&v)
-        .map_err(|e| PageError::bad_request(format!("The definition is invalid: {e}")))?;
-    Ok(v)
+    })
+}
+
+/// A refused flag change as a page: an invalid definition (400), or its
+/// warnings, each on its own line (422), followed by `hint`.
+fn flag_refusal(e: store::flags::FlagError, hint: &str) -> PageError {
+    use store::flags::FlagError;
+    match e {
+        FlagError::Definition(d) => PageError::bad_request(format!(
+            "The definition is invalid (flagd would refuse it): {}",
+            d.problems.join("; ")
+        )),
+        FlagError::Warnings(w) => PageError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "The definition has {} warning(s), problems flagd loads anyway and answers at evaluation time:\n{}\n{hint}",
+                w.len(),
+                w.iter().map(|w| format!("- {w}")).collect::<Vec<_>>().join("\n")
+            ),
+        ),
+        FlagError::Store(e) => e.into(),
+    }
+}
+
+fn warnings_list(warnings: &[String]) -> Markup {
+    html! {
+        ul.warnings { @for w in warnings { li { (w) } } }
+    }
 }
 
 async fn flags_preview(
@@ -629,13 +679,12 @@ async fn flags_preview(
     Extension(s): S,
     Form(f): Form<DefinitionForm>,
 ) -> PageResult {
-    let actor = s.require(Role::Operator)?.clone();
+    s.require(Role::Operator)?;
     let def = parse_definition(&f.definition)?;
-    let env = f.env.clone();
-    let (change, _) = ctx
-        .store
-        .write(move |tx| store::flags::apply(tx, &actor, &env, def, "", true))
-        .await?;
+    // compiled on the blocking pool; a preview never uses the writer
+    let change = store::flags::preview(&ctx.store, &f.env, def)
+        .await
+        .map_err(|e| flag_refusal(e, ""))?;
     let protected = approvals::policy(&ctx)
         .await?
         .protected_environments
@@ -644,12 +693,21 @@ async fn flags_preview(
     let body = html! {
         p { "Applying this file to " strong { (f.env) } " makes these changes:" }
         div.card { (diff_table(&diff)) }
+        @if !change.warnings.is_empty() {
+            div.flash.warn id="definition-warnings" {
+                p { strong { (change.warnings.len()) " warning(s)" } ": flagd loads this definition, but answers these flags with an error or their default variant at evaluation time." }
+                (warnings_list(&change.warnings))
+            }
+        }
         @if change.changed {
             form.change method="post" action="/console/flags/apply" {
                 (render::csrf(&s))
                 input type="hidden" name="env" value=(f.env);
                 input type="hidden" name="definition" value=(f.definition);
                 label.grow { "Reason " input name="reason" required value=(f.reason); }
+                @if !change.warnings.is_empty() {
+                    label.check { input type="checkbox" name="accept_warnings" value="1" required; "apply despite these warnings" }
+                }
                 button.primary type="submit" { @if protected { "Request approval for these changes" } @else { "Apply these changes" } }
                 " " a href={ "/console/flags?env=" (enc(&f.env)) } { "Cancel" }
             }
@@ -668,14 +726,20 @@ async fn flags_apply(
     let actor = s.require(Role::Operator)?.clone();
     require_reason(&f.reason)?;
     let def = parse_definition(&f.definition)?;
-    let op = Op::FlagApply {
-        environment: f.env.clone(),
-        definition: def,
-    };
+    let op = Op::flag_apply(f.env.clone(), def);
+    let accept = f.accept_warnings.is_some_and(|v| !v.is_empty());
+    let out = approvals::submit_checked(&ctx, &actor, op, accept, &f.reason)
+        .await
+        .map_err(|e| {
+            flag_refusal(
+                e,
+                "Go back, read them, and tick \"apply despite these warnings\" to apply it anyway.",
+            )
+        })?;
     submitted(
         &ctx,
         &s,
-        approvals::submit(&ctx, &actor, op, &f.reason).await?,
+        out,
         &format!("/console/flags?env={}&done=applied", enc(&f.env)),
     )
     .await
@@ -1087,6 +1151,7 @@ async fn approvals_page(
                 p { "Requested by " strong { (a.requested_by) } " (" (a.requested_role) ") " (time(a.created_ms, now))
                     ". Reason: " em { (a.reason) } ". Expires " (render::short_time(&a.expires)) "." }
                 (diff_table(&a.diff))
+                (accepted_warnings(a))
                 @if own {
                     p.muted { "You made this request: another person with the " (needed.as_str()) " role must approve it." }
                     form.inline method="post" action={ "/console/approvals/" (a.id) "/reject" } {

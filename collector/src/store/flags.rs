@@ -1,16 +1,26 @@
 //! Revisions and flag definitions. A revision is a whole, numbered, immutable
 //! snapshot of an environment (flag definitions plus every kill-switch state);
 //! numbers are global and only grow, so an agent's "since" is unambiguous.
+//!
+//! Compiling a definition can take long (up to the engine's size budget), so
+//! it never runs on the store's writer thread, where it would hold up every
+//! other write (a kill among them), nor on an async worker: [`check_apply`],
+//! [`check_set`] and [`preview`] compile on the blocking pool, and the writer
+//! functions ([`apply`], [`set`]) only write what was checked. A change
+//! computed from the current definition (`set`) carries the revision it was
+//! computed from, and the writer refuses it as stale ([`is_stale`]) when the
+//! environment has moved on since, so the caller checks again.
 
 use super::audit::{self, NewEntry};
-use super::{OptionalExtension, Result, StoreError};
+use super::{OptionalExtension, Result, Store, StoreError};
 use crate::auth::Actor;
 use common::diff::Change;
-use common::flags::FlagSet;
+use common::flags::{DefinitionError, FlagSet};
 use common::wire::{KillState, Revision};
 use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::cell::Cell;
 
 pub fn empty_definition() -> Value {
     json!({"flags": {}})
@@ -120,10 +130,15 @@ pub fn insert_revision(
     })
 }
 
-fn current_definition(tx: &Connection, environment: &str) -> Result<(Value, Vec<KillState>)> {
+/// The revision in force, its definition and kill states.
+#[allow(clippy::type_complexity)]
+fn current_definition(
+    tx: &Connection,
+    environment: &str,
+) -> Result<(Option<u64>, Value, Vec<KillState>)> {
     Ok(match latest(tx, environment)? {
-        Some(r) => (r.flags, r.killswitches),
-        None => (empty_definition(), Vec::new()),
+        Some(r) => (Some(r.revision), r.flags, r.killswitches),
+        None => (None, empty_definition(), Vec::new()),
     })
 }
 
@@ -133,34 +148,285 @@ pub struct FlagChange {
     pub revision: Option<u64>,
     pub changed: bool,
     pub diff: Vec<Change>,
+    /// The warnings of the definition in force after the change (or, in a
+    /// preview, of the definition previewed): problems flagd loads anyway,
+    /// each naming the flag and the problem.
+    pub warnings: Vec<String>,
 }
 
-/// Replaces the environment's whole definition (declarative `flags apply`).
-/// The caller has validated `definition` with [`FlagSet::from_value`].
+/// Name of the store's writer thread (given in [`Store::open`]; a test
+/// below keeps the two in step).
+pub const WRITER_THREAD: &str = "store-writer";
+
+/// Why a flag change was refused before it reached the writer.
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    /// flagd itself would refuse it (invalid JSON, schema violation, over
+    /// the compiled-size budget): refused whole.
+    #[error("invalid definition: {0}")]
+    Definition(DefinitionError),
+    /// flagd would load it, with these problems; applying needs them
+    /// accepted (`--accept-warnings`).
+    #[error("the definition has {} warning(s) (accept them to apply it anyway): {}", .0.len(), .0.join("; "))]
+    Warnings(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl FlagError {
+    /// The same refusal as a store error, for callers that only speak those.
+    pub fn into_store(self) -> StoreError {
+        match self {
+            FlagError::Store(e) => e,
+            other => StoreError::Invalid(other.to_string()),
+        }
+    }
+}
+
+thread_local! {
+    /// Set on the blocking-pool threads while [`off_writer`] runs a closure:
+    /// the only place definitions are compiled.
+    static IN_COMPILE_POOL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` on the blocking thread pool (never the store's writer, never an
+/// async worker), where [`compile`] is allowed.
+async fn off_writer<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FlagError> + Send + 'static,
+) -> Result<T, FlagError> {
+    struct Allowed;
+    impl Drop for Allowed {
+        fn drop(&mut self) {
+            IN_COMPILE_POOL.with(|c| c.set(false));
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        IN_COMPILE_POOL.with(|c| c.set(true));
+        let _allowed = Allowed;
+        f()
+    })
+    .await
+    .map_err(|e| {
+        tracing::error!(error = %e, "flag definition check did not finish");
+        FlagError::Store(StoreError::Closed)
+    })?
+}
+
+/// Compiles `definition`. Refuses to run anywhere but inside [`off_writer`]:
+/// a definition compiled on the writer thread holds up every other write
+/// (a 1.2 KB `$ref` chain once held a kill for 13 s), and on an async worker
+/// it stalls every request that worker serves.
+pub fn compile(definition: &Value) -> Result<FlagSet, FlagError> {
+    let on_writer = std::thread::current().name() == Some(WRITER_THREAD);
+    if on_writer || !IN_COMPILE_POOL.with(Cell::get) {
+        tracing::error!(
+            on_writer,
+            "flag definition compiled outside the blocking pool; refused"
+        );
+        return Err(FlagError::Store(StoreError::Invalid(
+            "internal error: flag definitions are compiled only on the blocking pool".into(),
+        )));
+    }
+    FlagSet::from_value(definition).map_err(FlagError::Definition)
+}
+
+/// A whole definition compiled for `flags apply`. What it contains does not
+/// depend on the revision in force, so it cannot go stale. Only
+/// [`check_apply`] makes one: the writer trusts it.
+#[derive(Debug, Clone)]
+pub struct CheckedApply {
+    definition: Value,
+    /// Every warning of the definition.
+    warnings: Vec<String>,
+}
+
+impl CheckedApply {
+    /// Every warning of the definition, each naming the flag and the problem.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+/// Compiles a definition for `flags apply`, off the writer.
+pub async fn check_apply(definition: Value) -> Result<CheckedApply, FlagError> {
+    off_writer(move || {
+        let set = compile(&definition)?;
+        let warnings = set.warnings().to_vec();
+        drop(set);
+        Ok(CheckedApply {
+            definition,
+            warnings,
+        })
+    })
+    .await
+}
+
+/// The diff and warnings that applying `definition` to `environment` would
+/// give (dry run, console preview); writes nothing and never uses the writer.
+pub async fn preview(
+    store: &Store,
+    environment: &str,
+    definition: Value,
+) -> Result<FlagChange, FlagError> {
+    super::users::validate_name(environment)?;
+    let store = store.clone();
+    let environment = environment.to_string();
+    off_writer(move || {
+        let set = compile(&definition)?;
+        let current = store.read_blocking(|c| latest(c, &environment))?;
+        let (revision, before) = match current {
+            Some(r) => (Some(r.revision), r.flags),
+            None => (None, empty_definition()),
+        };
+        let diff = common::diff::diff(&before, &definition);
+        Ok(FlagChange {
+            revision,
+            changed: !diff.is_empty(),
+            diff,
+            warnings: set.warnings().to_vec(),
+        })
+    })
+    .await
+}
+
+/// One flag's change (`flags set`) computed from the revision in force and
+/// compiled, for [`set`] to write if that revision is still in force. Only
+/// [`check_set`] makes one: the writer trusts it.
+#[derive(Debug, Clone)]
+pub struct CheckedSet {
+    environment: String,
+    key: String,
+    /// The revision the change was computed from (`None`: the environment
+    /// had none).
+    base_revision: Option<u64>,
+    /// The whole definition after the change.
+    definition: Value,
+    warnings: Vec<String>,
+    /// Warnings the revision it changes did not have (those it had were
+    /// accepted when that revision was applied).
+    new_warnings: Vec<String>,
+}
+
+impl CheckedSet {
+    /// Every warning of the changed definition.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The warnings the revision it changes did not have.
+    pub fn new_warnings(&self) -> &[String] {
+        &self.new_warnings
+    }
+}
+
+/// Computes and compiles a change of one flag's state or default variant,
+/// off the writer.
+pub async fn check_set(
+    store: &Store,
+    environment: &str,
+    key: &str,
+    state: Option<&str>,
+    default_variant: Option<&str>,
+) -> Result<CheckedSet, FlagError> {
+    if let Some(s) = state {
+        if s != "ENABLED" && s != "DISABLED" {
+            return Err(StoreError::Invalid(format!(
+                "state must be ENABLED or DISABLED, not {s:?}"
+            ))
+            .into());
+        }
+    }
+    let store = store.clone();
+    let (environment, key) = (environment.to_string(), key.to_string());
+    let (state, default_variant) = (state.map(String::from), default_variant.map(String::from));
+    off_writer(move || {
+        let current = store.read_blocking(|c| latest(c, &environment))?;
+        let (base_revision, before) = match current {
+            Some(r) => (Some(r.revision), r.flags),
+            None => (None, empty_definition()),
+        };
+        let mut after = before.clone();
+        let flag = after
+            .get_mut("flags")
+            .and_then(|f| f.get_mut(&key))
+            .and_then(|f| f.as_object_mut())
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "flag {key:?} is not defined in environment {environment:?}"
+                ))
+            })?;
+        if let Some(s) = state {
+            flag.insert("state".into(), json!(s));
+        }
+        if let Some(v) = default_variant {
+            flag.insert("defaultVariant".into(), json!(v));
+        }
+        let warnings = compile(&after)?.warnings().to_vec();
+        // a stored revision that no longer compiles has no accepted warnings
+        let accepted = compile(&before)
+            .map(|s| s.warnings().to_vec())
+            .unwrap_or_default();
+        let new_warnings = not_in(&warnings, &accepted);
+        Ok(CheckedSet {
+            environment,
+            key,
+            base_revision,
+            definition: after,
+            warnings,
+            new_warnings,
+        })
+    })
+    .await
+}
+
+/// The warnings of `after` that `before` does not have.
+fn not_in(after: &[String], before: &[String]) -> Vec<String> {
+    after
+        .iter()
+        .filter(|w| !before.contains(w))
+        .cloned()
+        .collect()
+}
+
+const STALE_PREFIX: &str = "the flags of environment";
+
+/// Whether `e` is the writer's refusal of a change computed from a revision
+/// that is no longer in force (check again, then retry).
+pub fn is_stale(e: &StoreError) -> bool {
+    matches!(e, StoreError::Conflict(m) if m.starts_with(STALE_PREFIX))
+}
+
+/// Replaces the environment's whole definition (declarative `flags apply`)
+/// with one checked by [`check_apply`]; its warnings were accepted, and the
+/// audit entry records them (`accepted_warnings`).
 pub fn apply(
     tx: &Transaction<'_>,
     actor: &Actor,
     environment: &str,
-    definition: Value,
+    checked: &CheckedApply,
     reason: &str,
-    dry_run: bool,
 ) -> Result<(FlagChange, Option<Revision>)> {
     super::users::validate_name(environment)?;
-    let (before, kills) = current_definition(tx, environment)?;
-    let diff = common::diff::diff(&before, &definition);
-    let current_rev = latest(tx, environment)?.map(|r| r.revision);
-    if diff.is_empty() || dry_run {
+    let (current_rev, before, kills) = current_definition(tx, environment)?;
+    let definition = &checked.definition;
+    let diff = common::diff::diff(&before, definition);
+    if diff.is_empty() {
         return Ok((
             FlagChange {
                 revision: current_rev,
-                changed: !diff.is_empty(),
+                changed: false,
                 diff,
+                warnings: checked.warnings.clone(),
             },
             None,
         ));
     }
     let summary = summarize(&diff);
     let rev = insert_revision(tx, environment, actor, &summary, definition.clone(), kills)?;
+    let mut after = definition.clone();
+    if let (false, Some(obj)) = (checked.warnings.is_empty(), after.as_object_mut()) {
+        obj.insert("accepted_warnings".into(), json!(checked.warnings));
+    }
     audit::append(
         tx,
         NewEntry {
@@ -169,7 +435,7 @@ pub fn apply(
             target: format!("flags:{environment}"),
             reason,
             before,
-            after: definition,
+            after,
         },
     )?;
     Ok((
@@ -177,52 +443,39 @@ pub fn apply(
             revision: Some(rev.revision),
             changed: true,
             diff,
+            warnings: checked.warnings.clone(),
         },
         Some(rev),
     ))
 }
 
-/// Changes one flag's state or default variant.
-#[allow(clippy::too_many_arguments)]
+/// Writes one flag's change checked by [`check_set`], unless the
+/// environment's revision moved on since (then a stale conflict: check
+/// again).
 pub fn set(
     tx: &Transaction<'_>,
     actor: &Actor,
-    environment: &str,
-    key: &str,
-    state: Option<&str>,
-    default_variant: Option<&str>,
+    checked: &CheckedSet,
     reason: &str,
 ) -> Result<(FlagChange, Option<Revision>)> {
-    let (before, kills) = current_definition(tx, environment)?;
-    let mut after = before.clone();
-    let flag = after
-        .get_mut("flags")
-        .and_then(|f| f.get_mut(key))
-        .and_then(|f| f.as_object_mut())
-        .ok_or_else(|| {
-            StoreError::NotFound(format!(
-                "flag {key:?} is not defined in environment {environment:?}"
-            ))
-        })?;
-    if let Some(s) = state {
-        if s != "ENABLED" && s != "DISABLED" {
-            return Err(StoreError::Invalid(format!(
-                "state must be ENABLED or DISABLED, not {s:?}"
-            )));
-        }
-        flag.insert("state".into(), json!(s));
+    let (environment, key) = (&checked.environment, &checked.key);
+    let (current_rev, before, kills) = current_definition(tx, environment)?;
+    if current_rev != checked.base_revision {
+        return Err(StoreError::Conflict(format!(
+            "{STALE_PREFIX} {environment:?} changed while the change was being checked (revision {} is now {}); try again",
+            checked.base_revision.map_or("none".into(), |r| r.to_string()),
+            current_rev.map_or("none".into(), |r| r.to_string()),
+        )));
     }
-    if let Some(v) = default_variant {
-        flag.insert("defaultVariant".into(), json!(v));
-    }
-    FlagSet::from_value(&after).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let diff = common::diff::diff(&before, &after);
+    let after = &checked.definition;
+    let diff = common::diff::diff(&before, after);
     if diff.is_empty() {
         return Ok((
             FlagChange {
-                revision: latest(tx, environment)?.map(|r| r.revision),
+                revision: current_rev,
                 changed: false,
                 diff,
+                warnings: checked.warnings.clone(),
             },
             None,
         ));
@@ -251,6 +504,7 @@ pub fn set(
             revision: Some(rev.revision),
             changed: true,
             diff,
+            warnings: checked.warnings.clone(),
         },
         Some(rev),
     ))
@@ -279,4 +533,138 @@ fn summarize(diff: &[Change]) -> String {
         }
     }
     format!("flags: {}", keys.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    fn actor() -> Actor {
+        Actor {
+            name: "tester".into(),
+            role: Role::Admin,
+            source: "test".into(),
+            user_agent: String::new(),
+        }
+    }
+
+    fn def(state: &str) -> Value {
+        json!({"flags": {"a": {"state": state, "variants": {"on": true, "off": false}, "defaultVariant": "on"}}})
+    }
+
+    #[test]
+    fn the_writer_thread_has_the_name_compile_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let name = store
+            .write_blocking(|_| Ok(std::thread::current().name().map(String::from)))
+            .unwrap();
+        assert_eq!(name.as_deref(), Some(WRITER_THREAD));
+        store.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn definitions_compile_only_on_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // on the writer thread: refused
+        let on_writer = store
+            .write(|_| {
+                Ok(compile(&def("ENABLED"))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert!(
+            on_writer.unwrap_err().contains("blocking pool"),
+            "compile ran on the writer"
+        );
+        // on an async worker: refused
+        assert!(compile(&def("ENABLED")).is_err());
+        // even inside the pool when the writer runs it
+        let nested = off_writer({
+            let store = store.clone();
+            move || {
+                Ok(store.write_blocking(|_| {
+                    Ok(compile(&def("ENABLED"))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()))
+                })?)
+            }
+        })
+        .await
+        .unwrap();
+        assert!(nested.is_err());
+        // on the blocking pool: compiled
+        let c = check_apply(def("ENABLED")).await.unwrap();
+        assert!(c.warnings.is_empty());
+        store.close();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn set_computed_from_an_old_revision_is_refused_as_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let seed = check_apply(def("ENABLED")).await.unwrap();
+        store
+            .write(move |tx| apply(tx, &actor(), "prod", &seed, "seed"))
+            .await
+            .unwrap();
+        let checked = check_set(&store, "prod", "a", Some("DISABLED"), None)
+            .await
+            .unwrap();
+        assert!(checked.new_warnings.is_empty());
+        // the environment moves on (a kill writes a revision too)
+        store
+            .write(|tx| {
+                let (_, flags, kills) = current_definition(tx, "prod")?;
+                insert_revision(tx, "prod", &actor(), "kill", flags, kills)
+            })
+            .await
+            .unwrap();
+        let stale = checked.clone();
+        let err = store
+            .write(move |tx| set(tx, &actor(), &stale, "x"))
+            .await
+            .unwrap_err();
+        assert!(is_stale(&err), "{err}");
+        // checked again against the new revision, it goes through
+        let again = check_set(&store, "prod", "a", Some("DISABLED"), None)
+            .await
+            .unwrap();
+        let (change, rev) = store
+            .write(move |tx| set(tx, &actor(), &again, "x"))
+            .await
+            .unwrap();
+        assert!(change.changed && rev.is_some());
+        store.close();
+    }
+
+    #[test]
+    fn only_warnings_the_changed_revision_lacks_are_new() {
+        let w = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(not_in(&w(&["a", "b"]), &w(&["b", "a"])).is_empty());
+        assert_eq!(not_in(&w(&["a", "c"]), &w(&["a"])), w(&["c"]));
+        assert_eq!(not_in(&w(&["a"]), &[]), w(&["a"]));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn preview_and_check_refuse_definitions_flagd_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bad = json!({"flags": {"a": {"state": "ENABLED", "variants": {"on": true}, "defaultVariant": "nope"}}});
+        assert!(matches!(
+            check_apply(bad.clone()).await,
+            Err(FlagError::Definition(_))
+        ));
+        assert!(matches!(
+            preview(&store, "prod", bad).await,
+            Err(FlagError::Definition(_))
+        ));
+        let p = preview(&store, "prod", def("ENABLED")).await.unwrap();
+        assert!(p.changed && p.revision.is_none());
+        store.close();
+    }
 }
