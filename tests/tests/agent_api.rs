@@ -392,3 +392,39 @@ fn the_context_has_no_agent_version_but_has_flagd_variables() {
         (bulk_value(&bulk_eval(&a, ctx.clone()).2, "time-echo") == "after").then_some(())
     });
 }
+
+#[test]
+fn an_empty_api_token_file_is_a_config_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = write_file(tmp.path(), "flags.json", FLAGS);
+    for (name, content) in [("empty.token", ""), ("blank.token", "  \n\t\n")] {
+        let token = write_file(tmp.path(), name, content);
+        let cfg = write_file(
+            tmp.path(),
+            "agent.toml",
+            &format!(
+                "service = \"web\"\nenvironment = \"dev\"\ndata_dir = {:?}\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken_file = {:?}\n[flags]\nfile = {:?}\n",
+                tmp.path().join("data").display().to_string(),
+                free_port(),
+                token.display().to_string(),
+                flags.display().to_string()
+            ),
+        );
+        for args in [
+            vec!["check-config", cfg.to_str().unwrap()],
+            vec!["run", "--config", cfg.to_str().unwrap()],
+        ] {
+            let out = std::process::Command::new(bin("opsplane-agent"))
+                .args(&args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} with {name}: {err}");
+            assert!(
+                err.contains("agent.toml:6") && err.contains("api.token_file"),
+                "names file, line and key: {err}"
+            );
+            assert!(err.contains(name), "names the token file: {err}");
+        }
+    }
+}
