@@ -19,7 +19,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-mod bulk;
+pub mod bulk;
 pub use bulk::BulkCache;
 
 pub type AppState = Arc<Shared>;
