@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use common::flags::{EvalContext, Evaluation, Reason};
@@ -17,12 +17,15 @@ use common::wire::ErrorBody;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+pub mod bulk;
+pub use bulk::BulkCache;
 
 pub type AppState = Arc<Shared>;
 
 pub fn router(shared: AppState) -> Router {
+    let bulk_cache = Arc::new(BulkCache::default());
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
@@ -30,7 +33,10 @@ pub fn router(shared: AppState) -> Router {
         .route("/v1/flags/{key}", get(flag_one))
         .route("/v1/killswitches", get(killswitches_all))
         .route("/v1/killswitches/{name}", get(killswitch_one))
-        .route("/ofrep/v1/evaluate/flags", post(ofrep_bulk))
+        .route(
+            "/ofrep/v1/evaluate/flags",
+            post(ofrep_bulk).layer(axum::Extension(bulk_cache)),
+        )
         .route("/ofrep/v1/evaluate/flags/{key}", post(ofrep_single))
         .route_layer(middleware::from_fn_with_state(
             shared.clone(),
@@ -210,14 +216,10 @@ async fn flags_all(
     let snap = s.snapshot.load_full();
     let Some(snap) = snap else { return not_ready() };
     let ctx = query_context(&s, &q);
-    let mut flags = Map::new();
-    for (k, e) in snap.flags.evaluate_all(&ctx) {
-        flags.insert(k.to_string(), local_view(&e));
-    }
-    json_value(
-        StatusCode::OK,
-        &json!({"revision": snap.revision, "flags": flags}),
-    )
+    let evals = snap.flags.evaluate_all(&ctx);
+    let mut out = Vec::with_capacity(64 + evals.len() * 96);
+    bulk::write_local_all(&mut out, snap.revision, &evals);
+    json_bytes(StatusCode::OK, out)
 }
 
 async fn flag_one(
@@ -459,7 +461,12 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
     })
 }
 
-async fn ofrep_bulk(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn ofrep_bulk(
+    State(s): State<AppState>,
+    axum::Extension(cache): axum::Extension<Arc<BulkCache>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     Metrics::inc(&s.metrics.eval_ofrep_bulk);
     let bytes = match read_limited(&s, body).await {
         Ok(b) => b,
@@ -478,27 +485,39 @@ async fn ofrep_bulk(State(s): State<AppState>, headers: HeaderMap, body: Body) -
             &json!({"errorDetails": "no flag snapshot yet"}),
         );
     };
-    let evals = snap.flags.evaluate_all(&ctx);
-    let items: Vec<OfrepItem<'_>> = evals.iter().map(|(k, e)| ofrep_item(k, e)).collect();
-    let body = serde_json::to_vec(&json!({
-        "flags": items,
-        "metadata": {"revision": snap.revision},
-    }))
-    .unwrap_or_default();
-    // the ETag covers the evaluated body, so a context change never gets a stale 304
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    body.hash(&mut h);
-    let etag = format!("\"{:x}-{:016x}\"", snap.revision, h.finish());
-    let etag_value = HeaderValue::from_str(&etag).unwrap_or(HeaderValue::from_static("\"0\""));
-    if etag_matches(&headers, &etag) {
+    let ctx_key = bulk::context_key(&ctx);
+    let hash = bulk::hash_key(&ctx_key);
+    let before_s = bulk::now_s();
+    let hit = match cache.get(&snap, hash, &ctx_key, before_s) {
+        Some(hit) => hit,
+        None => {
+            let evals = snap.flags.evaluate_all(&ctx);
+            let mut out = Vec::with_capacity(cache.size_hint());
+            bulk::write_ofrep_bulk(&mut out, snap.revision, &evals);
+            drop(evals);
+            cache.note_size(out.len());
+            // the ETag covers the evaluated body, so a context change never gets a stale 304
+            let hit = bulk::Hit::new(snap.revision, out);
+            let after_s = bulk::now_s();
+            if after_s == before_s {
+                cache.put(&snap, hash, &ctx_key, &hit, before_s);
+            }
+            hit
+        }
+    };
+    if etag_matches(&headers, hit.etag.to_str().unwrap_or_default()) {
         let mut r = Response::new(Body::empty());
         *r.status_mut() = StatusCode::NOT_MODIFIED;
-        r.headers_mut().insert(header::ETAG, etag_value);
+        r.headers_mut().insert(header::ETAG, hit.etag);
         return r;
     }
-    let mut r = json_bytes(StatusCode::OK, body);
-    r.headers_mut().insert(header::ETAG, etag_value);
-    r.into_response()
+    let mut r = Response::new(Body::from(hit.body));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(header::ETAG, hit.etag);
+    r
 }
 
 #[cfg(test)]

@@ -211,10 +211,32 @@ impl Config {
                 ));
                 None
             }
+            (Some(t), None) if t.trim().is_empty() => {
+                errs.push(src.error(
+                    "api.token",
+                    "is empty; an empty token would leave the API open (remove the key for no token)",
+                ));
+                None
+            }
             (Some(t), None) => Some(t.clone()),
-            (None, Some(p)) => read_secret(p)
-                .map_err(|e| errs.push(src.error("api.token_file", e)))
-                .ok(),
+            // an empty file must not quietly mean "no token"
+            (None, Some(p)) => match read_secret(p) {
+                Ok(t) if t.is_empty() => {
+                    errs.push(src.error(
+                        "api.token_file",
+                        format!(
+                            "{} is empty; an empty token would leave the API open",
+                            p.display()
+                        ),
+                    ));
+                    None
+                }
+                Ok(t) => Some(t),
+                Err(e) => {
+                    errs.push(src.error("api.token_file", e));
+                    None
+                }
+            },
             (None, None) => None,
         };
         let collector = match &f.collector {

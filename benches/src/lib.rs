@@ -396,6 +396,20 @@ pub async fn one(
     path: &str,
     body: Bytes,
 ) -> anyhow::Result<(u16, Value)> {
+    let (status, bytes) = one_bytes(addr, authorization, path, body).await?;
+    Ok((
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
+}
+
+/// One request and its answer as bytes (status, body).
+pub async fn one_bytes(
+    addr: SocketAddr,
+    authorization: Option<&str>,
+    path: &str,
+    body: Bytes,
+) -> anyhow::Result<(u16, Bytes)> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
@@ -412,10 +426,120 @@ pub async fn one(
     let resp = sender.send_request(b.body(Full::new(body))?).await?;
     let status = resp.status().as_u16();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    ))
+    Ok((status, bytes))
+}
+
+// ---------- the two servers ----------
+
+/// The token Edge is started with (client and frontend).
+pub const EDGE_TOKEN: &str = "*:development.benchmark-token";
+
+/// Unleash Edge: `$UNLEASH_EDGE`, else `/work/.tools/unleash-edge/bin/unleash-edge`,
+/// else `unleash-edge` on `PATH`.
+pub fn find_edge() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("UNLEASH_EDGE") {
+        return Ok(PathBuf::from(p));
+    }
+    let tools = PathBuf::from("/work/.tools/unleash-edge/bin/unleash-edge");
+    if tools.exists() {
+        return Ok(tools);
+    }
+    if let Some(p) = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("unleash-edge"))
+        .find(|p| p.exists())
+    {
+        return Ok(p);
+    }
+    bail!(
+        "Unleash Edge not found. Install it with\n  cargo install unleash-edge --locked --root /work/.tools/unleash-edge\n\
+         or set UNLEASH_EDGE=/path/to/unleash-edge"
+    )
+}
+
+/// The agent (standalone on a flag file) and Unleash Edge (offline on a
+/// bootstrap file) serving the same `n` flags, both pinned to `core`.
+pub struct Servers {
+    pub agent: Proc,
+    pub edge: Proc,
+    pub agent_addr: SocketAddr,
+    pub edge_addr: SocketAddr,
+    pub data: DataSet,
+}
+
+impl Servers {
+    pub fn start(
+        dir: &Path,
+        n: usize,
+        agent_bin: &Path,
+        edge_bin: &Path,
+        core: usize,
+    ) -> anyhow::Result<Servers> {
+        let ds = data_set(n);
+        std::fs::create_dir_all(dir)?;
+        let flag_file = dir.join("flags.json");
+        std::fs::write(&flag_file, serde_json::to_vec_pretty(&ds.flagd)?)?;
+        let bootstrap = dir.join("bootstrap.json");
+        std::fs::write(&bootstrap, serde_json::to_vec_pretty(&ds.unleash)?)?;
+        let agent_port = free_port();
+        let agent_cfg = dir.join("agent.toml");
+        std::fs::write(
+            &agent_cfg,
+            format!(
+                "service = \"bench\"\nenvironment = \"bench\"\ndata_dir = {:?}\n[api]\nlisten = \"127.0.0.1:{agent_port}\"\n[flags]\nfile = {:?}\n",
+                dir.join("agent-data").display().to_string(),
+                flag_file.display().to_string()
+            ),
+        )?;
+        let edge_port = free_port();
+        let agent_cfg_s = agent_cfg.display().to_string();
+        let agent = Proc::spawn_pinned(
+            "agent",
+            core,
+            agent_bin,
+            &["run", "--config", &agent_cfg_s],
+            &dir.join("agent.log"),
+        )?;
+        let edge_port_s = edge_port.to_string();
+        let bootstrap_s = bootstrap.display().to_string();
+        let edge = Proc::spawn_pinned(
+            "edge",
+            core,
+            edge_bin,
+            &[
+                "--port",
+                &edge_port_s,
+                "--interface",
+                "127.0.0.1",
+                "offline",
+                "--bootstrap-file",
+                &bootstrap_s,
+                "--client-tokens",
+                EDGE_TOKEN,
+                "--frontend-tokens",
+                EDGE_TOKEN,
+            ],
+            &dir.join("edge.log"),
+        )?;
+        let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse()?;
+        let edge_addr: SocketAddr = format!("127.0.0.1:{edge_port}").parse()?;
+        wait_http_ok(agent_addr, "/readyz", Duration::from_secs(20))
+            .context("agent not ready (see agent.log)")?;
+        wait_http_ok(
+            edge_addr,
+            "/internal-backstage/health",
+            Duration::from_secs(20),
+        )
+        .context("edge not healthy")?;
+        Ok(Servers {
+            agent,
+            edge,
+            agent_addr,
+            edge_addr,
+            data: ds,
+        })
+    }
 }
 
 // ---------- statistics ----------

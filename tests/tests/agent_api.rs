@@ -252,3 +252,179 @@ fn optional_bearer_token_guards_the_local_api() {
         .unwrap();
     assert_eq!(ok.status().as_u16(), 200);
 }
+
+/// POST a bulk evaluation; (status, etag, body).
+fn bulk_eval(a: &Agent, ctx: Value) -> (u16, String, String) {
+    let resp = http()
+        .post(format!("{}/ofrep/v1/evaluate/flags", a.api_url))
+        .json(&json!({ "context": ctx }))
+        .send()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, etag, resp.text().unwrap())
+}
+
+fn single_eval(a: &Agent, key: &str, ctx: Value) -> Value {
+    http()
+        .post(format!("{}/ofrep/v1/evaluate/flags/{key}", a.api_url))
+        .json(&json!({ "context": ctx }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+fn bulk_value(body: &str, key: &str) -> Value {
+    let v: Value = serde_json::from_str(body).unwrap();
+    v["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["key"] == key)
+        .unwrap_or_else(|| panic!("no {key} in {body}"))["value"]
+        .clone()
+}
+
+#[test]
+fn cached_bulk_answers_follow_context_and_revision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, f) = standalone(tmp.path(), FLAGS);
+    let eu = json!({"targetingKey": "user-7", "region": "eu-west"});
+    let us = json!({"targetingKey": "user-7", "region": "us"});
+    let (st, e1, b1) = bulk_eval(&a, eu.clone());
+    assert_eq!(st, 200);
+    // the same context again (served from the cache): the same bytes and tag
+    let (_, e1b, b1b) = bulk_eval(&a, eu.clone());
+    assert_eq!((&e1, &b1), (&e1b, &b1b));
+    // the same context written differently is the same merged context
+    let (_, e1c, b1c) = bulk_eval(&a, json!({"region": "eu-west", "targetingKey": "user-7"}));
+    assert_eq!((&e1, &b1), (&e1c, &b1c));
+    // another context never gets the first one's body
+    let (_, e2, b2) = bulk_eval(&a, us.clone());
+    assert_ne!(e1, e2);
+    assert_eq!(bulk_value(&b1, "region-banner"), "eu");
+    assert_eq!(bulk_value(&b2, "region-banner"), "other");
+    assert_eq!(
+        bulk_value(&bulk_eval(&a, eu.clone()).2, "region-banner"),
+        "eu"
+    );
+    // a new revision invalidates what was cached for the same context
+    assert_eq!(bulk_value(&b1, "ratio"), 1.0);
+    std::fs::write(
+        &f,
+        FLAGS.replace(r#""defaultVariant": "low""#, r#""defaultVariant": "high""#),
+    )
+    .unwrap();
+    wait_for(
+        "bulk answer follows the new file",
+        Duration::from_secs(10),
+        || (bulk_value(&bulk_eval(&a, eu.clone()).2, "ratio") == 2.5).then_some(()),
+    );
+    let (_, e3, b3) = bulk_eval(&a, eu.clone());
+    assert_ne!(e3, e1);
+    assert_eq!(bulk_value(&b3, "region-banner"), "eu");
+    // /v1/flags is written by the same encoder: same answers, its own shape
+    let (_, v) = a.get("/v1/flags?targetingKey=user-7&region=eu-west");
+    assert_eq!(v["flags"]["ratio"]["value"], 2.5);
+    assert_eq!(v["flags"]["region-banner"]["variant"], "eu");
+    assert_eq!(v["flags"]["old"]["variant"], Value::Null);
+    assert!(v["revision"].as_u64().is_some());
+}
+
+const CONTEXT_FLAGS: &str = r#"{"flags": {
+  "by-version": {"state": "ENABLED", "variants": {"agent": "agent", "app": "app", "none": "none"}, "defaultVariant": "none",
+    "targeting": {"if": [{"==": [{"var": "version"}, "0.1.0"]}, "agent",
+                         {"==": [{"var": "version"}, "2.0.0"]}, "app", null]}},
+  "by-service": {"state": "ENABLED", "variants": {"yes": true, "no": false}, "defaultVariant": "no",
+    "targeting": {"if": [{"==": [{"var": "service"}, "web"]}, "yes", "no"]}},
+  "by-flag-key": {"state": "ENABLED", "variants": {"yes": true, "no": false}, "defaultVariant": "no",
+    "targeting": {"if": [{"==": [{"var": "$flagd.flagKey"}, "by-flag-key"]}, "yes", "no"]}},
+  "by-time": {"state": "ENABLED", "variants": {"after": "after", "before": "before"}, "defaultVariant": "before",
+    "targeting": {"if": [{">": [{"var": "$flagd.timestamp"}, 1600000000]}, "after", "before"]}},
+  "time-echo": {"state": "ENABLED", "variants": {"before": "before", "after": "after"}, "defaultVariant": "before",
+    "targeting": {"if": [{"<": [{"var": "$flagd.timestamp"}, {"var": "deadline"}]}, "before", "after"]}}
+}}"#;
+
+#[test]
+fn the_context_has_no_agent_version_but_has_flagd_variables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = standalone(tmp.path(), CONTEXT_FLAGS);
+    // no version from the app: the rule does not see the agent's own version
+    let v = single_eval(&a, "by-version", json!({"targetingKey": "u"}));
+    assert_eq!(v["value"], "none", "{v}");
+    let v = single_eval(
+        &a,
+        "by-version",
+        json!({"targetingKey": "u", "version": "2.0.0"}),
+    );
+    assert_eq!(v["value"], "app", "{v}");
+    let (_, body) = a.get("/v1/flags/by-version");
+    assert_eq!(body["value"], "none", "{body}");
+    // the other identity keys stay
+    assert_eq!(single_eval(&a, "by-service", json!({}))["value"], true);
+    // $flagd.flagKey and $flagd.timestamp, single and bulk
+    let v = single_eval(&a, "by-flag-key", json!({}));
+    assert_eq!(v["value"], true, "{v}");
+    let v = single_eval(&a, "by-time", json!({}));
+    assert_eq!(v["value"], "after", "{v}");
+    let (st, _, body) = bulk_eval(&a, json!({"targetingKey": "u"}));
+    assert_eq!(st, 200);
+    assert_eq!(bulk_value(&body, "by-flag-key"), true);
+    assert_eq!(bulk_value(&body, "by-time"), "after");
+    assert_eq!(bulk_value(&body, "by-version"), "none");
+    // a time-dependent set is never served stale from the cache: with a
+    // deadline a second or two ahead, the same context flips once it passes
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let ctx = json!({"targetingKey": "u", "deadline": now_s + 2});
+    assert_eq!(
+        bulk_value(&bulk_eval(&a, ctx.clone()).2, "time-echo"),
+        "before"
+    );
+    wait_for("the deadline passes", Duration::from_secs(10), || {
+        (bulk_value(&bulk_eval(&a, ctx.clone()).2, "time-echo") == "after").then_some(())
+    });
+}
+
+#[test]
+fn an_empty_api_token_file_is_a_config_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let flags = write_file(tmp.path(), "flags.json", FLAGS);
+    for (name, content) in [("empty.token", ""), ("blank.token", "  \n\t\n")] {
+        let token = write_file(tmp.path(), name, content);
+        let cfg = write_file(
+            tmp.path(),
+            "agent.toml",
+            &format!(
+                "service = \"web\"\nenvironment = \"dev\"\ndata_dir = {:?}\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken_file = {:?}\n[flags]\nfile = {:?}\n",
+                tmp.path().join("data").display().to_string(),
+                free_port(),
+                token.display().to_string(),
+                flags.display().to_string()
+            ),
+        );
+        for args in [
+            vec!["check-config", cfg.to_str().unwrap()],
+            vec!["run", "--config", cfg.to_str().unwrap()],
+        ] {
+            let out = std::process::Command::new(bin("opsplane-agent"))
+                .args(&args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} with {name}: {err}");
+            assert!(
+                err.contains("agent.toml:6") && err.contains("api.token_file"),
+                "names file, line and key: {err}"
+            );
+            assert!(err.contains(name), "names the token file: {err}");
+        }
+    }
+}

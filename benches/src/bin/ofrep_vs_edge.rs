@@ -15,11 +15,9 @@ use benches::*;
 use bytes::Bytes;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-const EDGE_TOKEN: &str = "*:development.benchmark-token";
 const USERS: usize = 1000;
 const REQS: usize = 4096;
 
@@ -57,28 +55,6 @@ fn args() -> anyhow::Result<Args> {
         }
     }
     Ok(a)
-}
-
-fn find_edge() -> anyhow::Result<PathBuf> {
-    if let Ok(p) = std::env::var("UNLEASH_EDGE") {
-        return Ok(PathBuf::from(p));
-    }
-    let tools = PathBuf::from("/work/.tools/unleash-edge/bin/unleash-edge");
-    if tools.exists() {
-        return Ok(tools);
-    }
-    if let Some(p) = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join("unleash-edge"))
-        .find(|p| p.exists())
-    {
-        return Ok(p);
-    }
-    bail!(
-        "Unleash Edge not found. Install it with\n  cargo install unleash-edge --locked --root /work/.tools/unleash-edge\n\
-         or set UNLEASH_EDGE=/path/to/unleash-edge"
-    )
 }
 
 #[derive(Default)]
