@@ -222,3 +222,42 @@ async fn admin_metrics_token() {
     let resp = raw(open.r().admin_addr, &get("")).await;
     assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
 }
+
+#[test]
+fn listener_keys_are_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("metrics.token");
+    std::fs::write(&token, "scrape-secret\n").unwrap();
+    let path = dir.path().join("collector.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {data:?}\n[ingest]\nheader_timeout = \"45s\"\nmax_connections = 100\n[admin]\nbody_timeout = \"5s\"\nmetrics_token_file = {token:?}\n[status_page]\nidle_timeout = \"2s\"\nmax_connections = 10\n",
+            data = dir.path()
+        ),
+    )
+    .unwrap();
+    let s = Settings::load(&path).unwrap();
+    assert_eq!(s.listeners.ingest.header_timeout, Duration::from_secs(45));
+    assert_eq!(s.listeners.ingest.max_connections, 100);
+    assert_eq!(s.listeners.admin.body_timeout, Duration::from_secs(5));
+    assert_eq!(s.listeners.admin.max_connections, 256);
+    assert_eq!(s.listeners.status.idle_timeout, Duration::from_secs(2));
+    assert_eq!(s.listeners.status.max_connections, 10);
+    assert_eq!(s.listeners.metrics_token.as_deref(), Some("scrape-secret"));
+
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = {data:?}\n[status_page]\nmax_connections = 0\n[admin]\nheader_timeout = \"0s\"\n",
+            data = dir.path()
+        ),
+    )
+    .unwrap();
+    let e = Settings::load(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("collector.toml:3: status_page.max_connections"),
+        "{e}"
+    );
+    assert!(e.contains("collector.toml:5: admin.header_timeout"), "{e}");
+}
