@@ -751,7 +751,7 @@ impl Body for ForwardBody {
             Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
             Poll::Pending => false,
         };
-        if let Poll::Pending = res {
+        if res.is_pending() {
             this.progress
                 .waiting_on_client
                 .store(true, Ordering::Relaxed);
