@@ -49,6 +49,20 @@ pub struct ApiSection {
     pub token: Option<String>,
     pub token_file: Option<PathBuf>,
     pub max_body: Option<ByteSize>,
+    /// Longest wait for a whole request head (default 10s).
+    pub header_timeout: Option<HumanDuration>,
+    /// Longest time a whole request body may take (default 30s).
+    pub body_timeout: Option<HumanDuration>,
+    /// Idle keep-alive connections are closed after this (default 60s).
+    pub idle_timeout: Option<HumanDuration>,
+    /// Most connections open at once (default 512).
+    pub max_connections: Option<usize>,
+    /// `Host` values accepted besides loopback names and the listen address
+    /// (DNS rebinding guard), e.g. a pod IP.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// File holding a bearer token required on `/metrics` (open when absent).
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +93,13 @@ pub struct ProxySection {
     pub listen: String,
     pub upstream: String,
     pub upstream_timeout: Option<HumanDuration>,
+    /// Longest a client may take to send a request head (default 30s).
+    pub header_timeout: Option<HumanDuration>,
+    /// Longest a request body may make no progress, client to proxy or proxy
+    /// to app (default 60s).
+    pub body_timeout: Option<HumanDuration>,
+    /// Most client connections open at once (default 4096).
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +137,8 @@ pub struct Config {
     pub api_listen: SocketAddr,
     pub api_token: Option<String>,
     pub max_body_bytes: usize,
+    /// How the local API listener is served: limits, Host check, metrics token.
+    pub api_http: ApiHttp,
     pub collector: Option<Collector>,
     pub flags_file: Option<PathBuf>,
     pub flags_poll: Duration,
@@ -123,6 +146,32 @@ pub struct Config {
     pub flag_options: CompileOptions,
     pub proxy: Option<Proxy>,
     pub killswitches: Vec<Killswitch>,
+}
+
+/// Serving settings of the local API listener.
+#[derive(Debug, Clone)]
+pub struct ApiHttp {
+    pub limits: common::serve::Limits,
+    /// Extra accepted `Host` names or addresses (lowercase, without port).
+    pub allowed_hosts: Vec<String>,
+    /// Bearer token required on `/metrics` when set.
+    pub metrics_token: Option<String>,
+}
+
+/// Default cap of the local API listener.
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 512;
+/// Default cap of the proxy listener (each proxied connection also holds one
+/// to the app).
+pub const DEFAULT_PROXY_MAX_CONNECTIONS: usize = 4096;
+
+impl Default for ApiHttp {
+    fn default() -> Self {
+        ApiHttp {
+            limits: common::serve::Limits::with_max_connections(DEFAULT_API_MAX_CONNECTIONS),
+            allowed_hosts: Vec::new(),
+            metrics_token: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +189,9 @@ pub struct Proxy {
     pub listen: SocketAddr,
     pub upstream: http::Uri,
     pub upstream_timeout: Duration,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -336,8 +388,35 @@ impl Config {
                     .upstream_timeout
                     .map(|d| d.0)
                     .unwrap_or(Duration::from_secs(60)),
+                header_timeout: p
+                    .header_timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(30)),
+                body_timeout: p
+                    .body_timeout
+                    .map(|d| d.0)
+                    .unwrap_or(Duration::from_secs(60)),
+                max_connections: p.max_connections.unwrap_or(DEFAULT_PROXY_MAX_CONNECTIONS),
             })
         });
+        for (key, d) in [
+            (
+                "proxy.header_timeout",
+                f.proxy.as_ref().and_then(|p| p.header_timeout),
+            ),
+            (
+                "proxy.body_timeout",
+                f.proxy.as_ref().and_then(|p| p.body_timeout),
+            ),
+        ] {
+            if d.is_some_and(|d| d.0.is_zero()) {
+                errs.push(src.error(key, "must be longer than zero"));
+            }
+        }
+        if f.proxy.as_ref().and_then(|p| p.max_connections) == Some(0) {
+            errs.push(src.error("proxy.max_connections", "must be at least 1"));
+        }
+        let api_http = resolve_api_http(src, &f.api, &mut errs);
         let mut killswitches = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for (i, k) in f.killswitch.iter().enumerate() {
@@ -430,6 +509,7 @@ impl Config {
                 api_listen,
                 api_token,
                 max_body_bytes: f.api.max_body.map(|b| b.0 as usize).unwrap_or(1_000_000),
+                api_http,
                 collector,
                 flags_file: f.flags.file,
                 flags_poll: f
@@ -447,6 +527,73 @@ impl Config {
         } else {
             Err(ConfigErrors(errs))
         }
+    }
+}
+
+/// The `[api]` keys about how the listener is served.
+fn resolve_api_http(src: &ConfigSource, api: &ApiSection, errs: &mut Vec<ConfigError>) -> ApiHttp {
+    let mut limits = ApiHttp::default().limits;
+    for (key, given, slot) in [
+        (
+            "api.header_timeout",
+            api.header_timeout,
+            &mut limits.header_timeout,
+        ),
+        (
+            "api.body_timeout",
+            api.body_timeout,
+            &mut limits.body_timeout,
+        ),
+        (
+            "api.idle_timeout",
+            api.idle_timeout,
+            &mut limits.idle_timeout,
+        ),
+    ] {
+        match given {
+            Some(d) if d.0.is_zero() => errs.push(src.error(key, "must be longer than zero")),
+            Some(d) => *slot = d.0,
+            None => {}
+        }
+    }
+    match api.max_connections {
+        Some(0) => errs.push(src.error("api.max_connections", "must be at least 1")),
+        Some(n) => limits.max_connections = n,
+        None => {}
+    }
+    let mut allowed_hosts = Vec::new();
+    for h in &api.allowed_hosts {
+        let host = h.trim().trim_end_matches('.').to_ascii_lowercase();
+        if host.is_empty() || host.contains(['/', ' ', '@']) {
+            errs.push(src.error(
+                "api.allowed_hosts",
+                format!("{h:?} is not a host name or address"),
+            ));
+        } else {
+            allowed_hosts.push(host);
+        }
+    }
+    let metrics_token = api
+        .metrics_token_file
+        .as_ref()
+        .and_then(|p| match read_secret(p) {
+            Ok(t) if t.is_empty() => {
+                errs.push(src.error(
+                    "api.metrics_token_file",
+                    format!("{} is empty", p.display()),
+                ));
+                None
+            }
+            Ok(t) => Some(t),
+            Err(e) => {
+                errs.push(src.error("api.metrics_token_file", e));
+                None
+            }
+        });
+    ApiHttp {
+        limits,
+        allowed_hosts,
+        metrics_token,
     }
 }
 

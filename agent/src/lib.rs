@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod disk;
 pub mod flagfile;
+pub mod guard;
 pub mod hooks;
 pub mod metrics;
 pub mod proxy;
@@ -69,12 +70,33 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("cannot listen on {} (api.listen)", config.api_listen))?;
     let api_addr = api_listener.local_addr()?;
-    let app = api::router(shared.clone());
+    let app = api::router(shared.clone()).layer(axum::middleware::from_fn_with_state(
+        shared.clone(),
+        guard::api_guard,
+    ));
     let token = shutdown.clone();
+    let limits = config.api_http.limits;
+    let stats = shared.metrics.api_listener.clone();
     tracker.spawn(async move {
-        if let Err(e) = axum::serve(api_listener, app)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+        let serve_app = move |req: http::Request<common::serve::RequestBody>, _peer| {
+            let app = app.clone();
+            async move {
+                use tower::ServiceExt;
+                match app.oneshot(req.map(axum::body::Body::new)).await {
+                    Ok(resp) => resp,
+                    Err(never) => match never {},
+                }
+            }
+        };
+        if let Err(e) = common::serve::serve_plain(
+            api_listener,
+            serve_app,
+            limits,
+            stats,
+            token,
+            SHUTDOWN_GRACE,
+        )
+        .await
         {
             tracing::error!(error = %e, "local API stopped");
         }
@@ -88,6 +110,9 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
         proxy_addr = Some(listener.local_addr()?);
         let mut settings = proxy::ProxySettings::new(p.upstream.clone());
         settings.upstream_header_timeout = p.upstream_timeout;
+        settings.client_header_timeout = p.header_timeout;
+        settings.body_timeout = p.body_timeout;
+        settings.max_connections = p.max_connections;
         let rules: Vec<proxy::KillRule> = config
             .killswitches
             .iter()

@@ -9,7 +9,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use common::serve::ListenerStats;
 
 #[derive(Default)]
 pub struct Metrics {
@@ -19,6 +21,8 @@ pub struct Metrics {
     pub revisions_applied: AtomicU64,
     pub revisions_rejected: AtomicU64,
     pub stream_connects: AtomicU64,
+    /// Connection counters of the local API listener.
+    pub api_listener: Arc<ListenerStats>,
     hook_runs: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
@@ -138,7 +142,28 @@ pub fn render(shared: &Shared) -> String {
     }
     reg.register("hook_runs", "Kill-switch hook runs by result", hooks);
 
+    let mut listeners: Vec<(&str, ListenerCounts)> =
+        vec![("api", ListenerCounts::from(&*m.api_listener))];
     if let Some(p) = &shared.proxy_metrics {
+        listeners.push((
+            "proxy",
+            ListenerCounts {
+                open: p.connections_open.load(Ordering::Relaxed),
+                refused: p.connections_refused_total.load(Ordering::Relaxed),
+                header_timeouts: 0,
+                body_timeouts: p.body_timeouts_total.load(Ordering::Relaxed),
+            },
+        ));
+    }
+    register_listeners(&mut reg, &listeners);
+
+    if let Some(p) = &shared.proxy_metrics {
+        counter(
+            &mut reg,
+            "proxy_tunnels_closed_by_kill",
+            "Upgraded tunnels (WebSockets) closed because a kill now blocks their route",
+            p.tunnels_closed_by_kill_total.load(Ordering::Relaxed),
+        );
         counter(
             &mut reg,
             "proxy_requests",
@@ -166,4 +191,54 @@ pub fn render(shared: &Shared) -> String {
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
+}
+
+/// The connection counters of one listener, as exported.
+pub struct ListenerCounts {
+    pub open: u64,
+    pub refused: u64,
+    pub header_timeouts: u64,
+    pub body_timeouts: u64,
+}
+
+impl From<&ListenerStats> for ListenerCounts {
+    fn from(s: &ListenerStats) -> Self {
+        ListenerCounts {
+            open: s.connections_open.load(Ordering::Relaxed),
+            refused: s.connections_refused_total.load(Ordering::Relaxed),
+            header_timeouts: s.header_timeouts_total.load(Ordering::Relaxed),
+            body_timeouts: s.body_timeouts_total.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Registers the per-listener connection metrics, labelled `listener`.
+fn register_listeners(reg: &mut Registry, listeners: &[(&str, ListenerCounts)]) {
+    let open = Family::<Labels, Gauge>::default();
+    let refused = Family::<Labels, Counter>::default();
+    let header = Family::<Labels, Counter>::default();
+    let body = Family::<Labels, Counter>::default();
+    for (name, c) in listeners {
+        let l = vec![("listener".to_string(), (*name).to_string())];
+        open.get_or_create(&l).set(c.open as i64);
+        refused.get_or_create(&l).inc_by(c.refused);
+        header.get_or_create(&l).inc_by(c.header_timeouts);
+        body.get_or_create(&l).inc_by(c.body_timeouts);
+    }
+    reg.register("connections_open", "Connections open per listener", open);
+    reg.register(
+        "connections_refused",
+        "Connections closed at once because the listener was at its cap",
+        refused,
+    );
+    reg.register(
+        "header_timeouts",
+        "Connections closed because a request head did not arrive in time",
+        header,
+    );
+    reg.register(
+        "body_timeouts",
+        "Requests cut because their body did not arrive in time",
+        body,
+    );
 }

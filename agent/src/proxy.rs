@@ -31,18 +31,30 @@
 //!    trusted front proxy are kept and only missing ones are added. Bodies are streamed frame
 //!    by frame in both directions, never buffered whole.
 //!
-//! 3. **Upgrades** (`Connection: upgrade` + `Upgrade: …`, e.g. WebSocket): the request is
-//!    forwarded with those two headers restored; when the upstream answers `101`, the `101` is
-//!    relayed and both upgraded connections are joined with
-//!    [`tokio::io::copy_bidirectional`].
+//! 3. **Upgrades**: only WebSocket (`Connection: upgrade` + `Upgrade: websocket`). The request
+//!    is forwarded with those two headers restored; when the upstream answers `101` with
+//!    `Upgrade: websocket`, the `101` is relayed and both upgraded connections are joined with
+//!    [`tokio::io::copy_bidirectional`]. Every other upgrade, `h2c` above all (HTTP/2 inside
+//!    the tunnel would carry requests no kill switch sees), is stripped: the request goes on
+//!    as plain HTTP/1.1 without `Upgrade`, `Connection` or `HTTP2-Settings` (see
+//!    `requested_upgrade` for why stripping rather than refusing). An open tunnel is matched
+//!    again against every new kill-switch state; when a kill now blocks the request that
+//!    opened it, the tunnel is closed on both sides
+//!    ([`ProxyMetrics::tunnels_closed_by_kill_total`]).
 //!
 //! 4. **Upstream failures**: refused / unreachable / broken → `502`
 //!    `{"error":{"code":"UPSTREAM_UNAVAILABLE",…}}` (connect failures) or
 //!    `{"error":{"code":"UPSTREAM_ERROR",…}}` (the upstream failed after connecting); no
 //!    response head within [`ProxySettings::upstream_header_timeout`] of the request body
 //!    having been forwarded whole → `504` `{"error":{"code":"UPSTREAM_TIMEOUT",…}}`. Once the
-//!    head has arrived the body streams with no time limit (long polls, SSE). The messages never contain internal detail;
-//!    the detail is logged with `tracing`.
+//!    head has arrived the body streams with no time limit (long polls, SSE). A request body
+//!    that makes no progress for [`ProxySettings::body_timeout`] is cut: `408`
+//!    `REQUEST_TIMEOUT` when the client stopped sending, `504` `UPSTREAM_TIMEOUT` when the app
+//!    stopped reading. The messages never contain internal detail; the detail is logged with
+//!    `tracing`.
+//!
+//! 5. **Limits**: at most [`ProxySettings::max_connections`] client connections; past it a new
+//!    connection is closed at once and counted.
 //!
 //! # Matching (why `/api//pay`, `/api/./pay`, `/api/%70ay` cannot bypass `/api/pay`)
 //!
@@ -83,6 +95,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -125,8 +138,16 @@ pub struct ProxySettings {
     /// Longest wait for the upstream's response head, counted from when the request body has
     /// been forwarded whole (connect included for bodiless requests); then `504`. Default 60 s.
     pub upstream_header_timeout: Duration,
-    /// Longest a client may take to send a request head (slowloris guard). Default 30 s.
+    /// Longest a client may take to send a request head (slowloris guard); hyper's timer
+    /// also runs while a keep-alive connection waits for its next request. Default 30 s.
     pub client_header_timeout: Duration,
+    /// Longest a request body may make no progress on its way to the app, whether the client
+    /// stops sending (`408`) or the app stops reading (`504`). Default 60 s. Response bodies
+    /// and upgraded tunnels have no such limit.
+    pub body_timeout: Duration,
+    /// Most client connections open at once; past it new connections are closed at once and
+    /// counted in [`ProxyMetrics::connections_refused_total`]. Default 4096.
+    pub max_connections: usize,
     /// How long in-flight requests may run on after shutdown is requested. Default 5 s.
     pub shutdown_grace: Duration,
     /// Idle pooled upstream connections are closed after this. Default 90 s.
@@ -146,6 +167,8 @@ impl ProxySettings {
             max_header_bytes: 64 * 1024,
             upstream_header_timeout: Duration::from_secs(60),
             client_header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 4096,
             shutdown_grace: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle: 64,
@@ -184,6 +207,14 @@ pub struct ProxyMetrics {
     pub upstream_errors_total: AtomicU64,
     /// The subset of `upstream_errors_total` that were 504 timeouts.
     pub upstream_timeouts_total: AtomicU64,
+    /// Client connections open now.
+    pub connections_open: AtomicU64,
+    /// Client connections closed at once because the proxy was at its cap.
+    pub connections_refused_total: AtomicU64,
+    /// Requests cut because their body made no progress within the body timeout.
+    pub body_timeouts_total: AtomicU64,
+    /// Upgraded tunnels closed because a new kill-switch state blocks their route.
+    pub tunnels_closed_by_kill_total: AtomicU64,
     /// Blocked requests per kill-switch name (locked only briefly when a request is blocked).
     pub blocked_by_rule: Mutex<BTreeMap<String, u64>>,
 }
@@ -233,6 +264,7 @@ pub async fn serve(
         scheme,
         authority,
         upstream_header_timeout: settings.upstream_header_timeout,
+        body_timeout: settings.body_timeout,
         trust_forwarded: settings.trust_forwarded_headers,
         rules: rules.iter().map(CompiledRule::new).collect(),
         killed,
@@ -244,6 +276,7 @@ pub async fn serve(
         tasks: TaskTracker::new(),
     });
 
+    let permits = Arc::new(tokio::sync::Semaphore::new(settings.max_connections.max(1)));
     loop {
         let accepted = tokio::select! {
             biased;
@@ -252,9 +285,24 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    shared
+                        .metrics
+                        .connections_refused_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "proxy connection refused: at max_connections");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let s = shared.clone();
-                shared.tasks.spawn(serve_connection(s, stream, peer));
+                s.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+                shared.tasks.spawn(async move {
+                    let metrics = s.metrics.clone();
+                    serve_connection(s, stream, peer).await;
+                    metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
             }
             Err(e) => {
                 // Per-connection errors (ECONNABORTED…) are harmless; resource exhaustion
@@ -292,6 +340,7 @@ struct Shared {
     scheme: Scheme,
     authority: Authority,
     upstream_header_timeout: Duration,
+    body_timeout: Duration,
     trust_forwarded: bool,
     rules: Vec<CompiledRule>,
     killed: KilledRx,
@@ -370,6 +419,12 @@ async fn handle(
 
     let upgrade = requested_upgrade(req.headers());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    // What an open tunnel is matched against when the kill-switch state changes.
+    let tunnel_match = upgrade.as_ref().map(|_| TunnelMatch {
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        headers: req.headers().clone(),
+    });
 
     let (parts, body) = req.into_parts();
     let path_and_query = parts
@@ -397,6 +452,9 @@ async fn handle(
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     headers.remove(header::EXPECT);
+    // Only `websocket` upgrades are forwarded (see `requested_upgrade`); the settings of a
+    // refused h2c upgrade go too, even when `Connection` does not name them.
+    headers.remove(HTTP2_SETTINGS);
     if let Some(proto) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, proto.clone());
@@ -412,9 +470,12 @@ async fn handle(
     if body.is_end_stream() {
         sent.notify_one();
     }
+    let progress = Arc::new(Progress::new(shared.body_timeout));
     let body = ForwardBody {
         inner: body,
         sent: sent.clone(),
+        progress: progress.clone(),
+        idle: None,
     };
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
@@ -432,9 +493,16 @@ async fn handle(
         _ = sent.notified() => {
             tokio::time::timeout(shared.upstream_header_timeout, &mut request).await
         }
+        _ = progress.stalled() => {
+            // No body progress for `body_timeout` while the request was being sent.
+            return Ok(body_timeout_response(metrics, &progress));
+        }
     };
     let mut resp = match result {
         Ok(Ok(resp)) => resp,
+        Ok(Err(_)) if progress.timed_out.load(Ordering::Relaxed) => {
+            return Ok(body_timeout_response(metrics, &progress));
+        }
         Ok(Err(e)) => {
             metrics
                 .upstream_errors_total
@@ -481,14 +549,27 @@ async fn handle(
                 "the application switched protocols without being asked",
             ));
         };
+        let (Some(tunnel_match), Some(proto)) = (
+            tunnel_match,
+            resp.headers()
+                .get(header::UPGRADE)
+                .filter(|v| is_websocket(v))
+                .cloned(),
+        ) else {
+            metrics
+                .upstream_errors_total
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(json_error(
+                StatusCode::BAD_GATEWAY,
+                "UPSTREAM_ERROR",
+                "the application switched to a protocol the proxy does not forward",
+            ));
+        };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let proto = resp.headers().get(header::UPGRADE).cloned();
         let mut headers = std::mem::take(resp.headers_mut());
         strip_hop_by_hop(&mut headers);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        if let Some(proto) = proto {
-            headers.insert(header::UPGRADE, proto);
-        }
+        headers.insert(header::UPGRADE, proto);
         let tunnel_shared = shared.clone();
         shared.tasks.spawn(async move {
             let tunnel = async {
@@ -498,14 +579,7 @@ async fn handle(
                 let mut upstream_io = TokioIo::new(upstream_io);
                 tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await
             };
-            tokio::select! {
-                res = tunnel => {
-                    if let Err(e) = res {
-                        tracing::debug!(error = %e, "proxy upgraded tunnel ended with an error");
-                    }
-                }
-                _ = tunnel_shared.shutdown.cancelled() => {}
-            }
+            run_tunnel(tunnel_shared, tunnel_match, tunnel).await;
         });
         let mut out = Response::new(Either::Right(Full::new(Bytes::new())));
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -517,21 +591,159 @@ async fn handle(
     Ok(resp.map(Either::Left))
 }
 
+/// The original request of an upgraded tunnel, matched again on every kill-switch change.
+struct TunnelMatch {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+}
+
+/// Runs an upgraded tunnel until it ends, the proxy shuts down, or a new kill-switch state
+/// blocks the request that opened it (then both sides are closed: dropping the upgraded
+/// connections closes the client's and the app's sockets).
+async fn run_tunnel(
+    shared: Arc<Shared>,
+    m: TunnelMatch,
+    tunnel: impl Future<Output = std::io::Result<(u64, u64)>>,
+) {
+    tokio::pin!(tunnel);
+    let mut killed = shared.killed.clone();
+    let mut watching = true;
+    loop {
+        if watching {
+            // Checked before every wait, so a kill that landed between the request's own
+            // check and this point is seen too.
+            let blocked = {
+                let k = killed.borrow_and_update();
+                find_block(&shared.rules, &k, &m.method, &m.path, &m.headers)
+            };
+            if let Some(i) = blocked {
+                shared
+                    .metrics
+                    .tunnels_closed_by_kill_total
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(killswitch = %shared.rules[i].name, path = %m.path, "open tunnel closed: its route is now killed");
+                return;
+            }
+        }
+        tokio::select! {
+            res = &mut tunnel => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "proxy upgraded tunnel ended with an error");
+                }
+                return;
+            }
+            _ = shared.shutdown.cancelled() => return,
+            changed = killed.changed(), if watching => {
+                // The sender is gone only when the agent stops; keep the tunnel until then.
+                watching = changed.is_ok();
+            }
+        }
+    }
+}
+
+/// Body progress of one forwarded request, shared by [`ForwardBody`] and the handler's
+/// watchdog.
+struct Progress {
+    start: tokio::time::Instant,
+    timeout: Duration,
+    /// Milliseconds after `start` of the last frame forwarded.
+    last_ms: AtomicU64,
+    /// The last poll of the client's body found nothing to read: a stall is the client's.
+    waiting_on_client: std::sync::atomic::AtomicBool,
+    /// The body failed because of the timeout.
+    timed_out: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    fn new(timeout: Duration) -> Self {
+        Progress {
+            start: tokio::time::Instant::now(),
+            timeout,
+            last_ms: AtomicU64::new(0),
+            waiting_on_client: Default::default(),
+            timed_out: Default::default(),
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + self.timeout
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once the body has made no progress for the timeout.
+    async fn stalled(&self) {
+        loop {
+            let deadline = self.deadline();
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// `408` when the client stopped sending its body, `504` when the app stopped reading it.
+fn body_timeout_response(metrics: &ProxyMetrics, progress: &Progress) -> Response<ProxyBody> {
+    metrics.body_timeouts_total.fetch_add(1, Ordering::Relaxed);
+    let mut resp = if progress.waiting_on_client.load(Ordering::Relaxed) {
+        tracing::debug!(timeout = ?progress.timeout, "proxy request body timed out (client)");
+        json_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            "the request body did not arrive in time",
+        )
+    } else {
+        metrics
+            .upstream_errors_total
+            .fetch_add(1, Ordering::Relaxed);
+        metrics
+            .upstream_timeouts_total
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(timeout = ?progress.timeout, "proxy upstream stopped reading the request body");
+        json_error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "UPSTREAM_TIMEOUT",
+            "the application did not read the request in time",
+        )
+    };
+    // The rest of the body is not read: the connection cannot be reused.
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 /// The client's request body on its way upstream; wakes `sent` once it has been read whole
-/// (or failed), which starts the upstream header timeout.
+/// (or failed), which starts the upstream header timeout. Fails once no frame has arrived
+/// from the client for the body timeout.
 struct ForwardBody {
     inner: Incoming,
     sent: Arc<Notify>,
+    progress: Arc<Progress>,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// The error of a [`ForwardBody`].
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error("the request body made no progress in time")]
+    Timeout,
+    #[error(transparent)]
+    Client(#[from] hyper::Error),
 }
 
 impl Body for ForwardBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ForwardError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ForwardError>>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_frame(cx);
         let finished = match &res {
@@ -539,10 +751,32 @@ impl Body for ForwardBody {
             Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
             Poll::Pending => false,
         };
+        if res.is_pending() {
+            this.progress
+                .waiting_on_client
+                .store(true, Ordering::Relaxed);
+            let deadline = this.progress.deadline();
+            let idle = this
+                .idle
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            if idle.deadline() != deadline {
+                idle.as_mut().reset(deadline);
+            }
+            if idle.as_mut().poll(cx).is_ready() {
+                this.progress.timed_out.store(true, Ordering::Relaxed);
+                this.sent.notify_one();
+                return Poll::Ready(Some(Err(ForwardError::Timeout)));
+            }
+            return Poll::Pending;
+        }
+        this.progress
+            .waiting_on_client
+            .store(false, Ordering::Relaxed);
+        this.progress.touch();
         if finished {
             this.sent.notify_one();
         }
-        res
+        res.map(|o| o.map(|r| r.map_err(ForwardError::from)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -588,7 +822,21 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// The `Upgrade` value when the request asks for a protocol upgrade.
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// True for an `Upgrade` value of exactly `websocket` (any case).
+fn is_websocket(v: &HeaderValue) -> bool {
+    v.to_str()
+        .is_ok_and(|s| s.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// The `Upgrade` value when the request asks for a WebSocket upgrade.
+///
+/// Any other upgrade (`h2c` above all: HTTP/2 inside the tunnel would carry requests the
+/// kill switches never see) is not forwarded: its `Upgrade`, `Connection` and
+/// `HTTP2-Settings` headers are stripped and the request goes on as plain HTTP/1.1. Stripping
+/// rather than refusing keeps clients working: an h2c upgrade is only an offer, which a server
+/// that does not take it answers in HTTP/1.1 (RFC 9113 §3.1, RFC 7540 §3.2).
 fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
@@ -597,7 +845,10 @@ fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     if asks {
-        headers.get(header::UPGRADE).cloned()
+        headers
+            .get(header::UPGRADE)
+            .filter(|v| is_websocket(v))
+            .cloned()
     } else {
         None
     }

@@ -1001,3 +1001,143 @@ async fn invalid_upstream_is_rejected() {
     .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
+
+#[tokio::test]
+async fn kill_closes_open_websocket_tunnels_on_the_killed_route_only() {
+    let ws_up = start_ws_upstream().await;
+    let proxy = start_proxy(ws_up, vec![ws_rule()], |_| {}).await;
+    let connect = |path: &'static str| {
+        tokio_tungstenite::connect_async(format!("ws://{}{}", proxy.addr, path))
+    };
+    let (mut doomed, _) = within("tunnel on the killed route", connect("/ws/killed/feed"))
+        .await
+        .unwrap();
+    let (mut other, _) = within("tunnel on another route", connect("/ws/echo"))
+        .await
+        .unwrap();
+    for ws in [&mut doomed, &mut other] {
+        within("send", ws.send(Message::text("before")))
+            .await
+            .unwrap();
+        let msg = within("echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(msg.to_text().unwrap(), "before");
+    }
+
+    proxy.kill(&["live-feed"]);
+    // The tunnel opened before the kill is closed by the proxy: the client's stream ends
+    // (with an error or without a close frame), and nothing more reaches the app.
+    within("the killed tunnel to close", async {
+        loop {
+            match doomed.next().await {
+                None | Some(Err(_)) => break,
+                Some(Ok(m)) if m.is_close() => break,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        proxy
+            .metrics
+            .tunnels_closed_by_kill_total
+            .load(Ordering::Relaxed),
+        1
+    );
+    // The tunnel on a route the kill does not block carries on.
+    within("send after kill", other.send(Message::text("after")))
+        .await
+        .unwrap();
+    let msg = within("echo after kill", other.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(msg.to_text().unwrap(), "after");
+}
+
+#[tokio::test]
+async fn h2c_upgrade_is_never_forwarded() {
+    let up = start_upstream().await;
+    let proxy = start_proxy(up.addr, vec![], |_| {}).await;
+    let r = raw_request(
+        proxy.addr,
+        "GET /h2 HTTP/1.1\r\nHost: app\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    // Served as plain HTTP/1.1: the upgrade offer is dropped, not refused.
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/h2");
+    assert!(seen.headers.get("upgrade").is_none(), "{:?}", seen.headers);
+    assert!(seen.headers.get("http2-settings").is_none());
+    assert!(seen.headers.get_all("connection").iter().all(|v| !v
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase()
+        .contains("upgrade")));
+    // Settings sent without being named in Connection go too.
+    let r = raw_request(
+        proxy.addr,
+        "GET /h2b HTTP/1.1\r\nHost: app\r\nConnection: upgrade, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert!(seen.headers.get("upgrade").is_none());
+    assert!(seen.headers.get("http2-settings").is_none());
+}
+
+#[tokio::test]
+async fn stalled_request_body_is_cut_with_408() {
+    let up = start_upstream().await;
+    let proxy = start_proxy(up.addr, vec![], |s| {
+        s.body_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\nabc")
+        .await
+        .unwrap();
+    let buf = within("the proxy to cut the stalled body", async {
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+        buf
+    })
+    .await;
+    let r = parse_response(&buf);
+    assert_eq!(r.status, 408, "{}", String::from_utf8_lossy(&r.body));
+    assert!(String::from_utf8_lossy(&r.body).contains(r#""code":"REQUEST_TIMEOUT""#));
+    assert_eq!(proxy.metrics.body_timeouts_total.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn proxy_connections_past_the_cap_are_closed() {
+    let up = start_upstream().await;
+    let proxy = start_proxy(up.addr, vec![], |s| s.max_connections = 1).await;
+    let held = TcpStream::connect(proxy.addr).await.unwrap();
+    within("the first connection to be served", async {
+        while proxy.metrics.connections_open.load(Ordering::Relaxed) != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let mut second = TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = second
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let _ = within(
+        "the second connection to close",
+        second.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(buf.is_empty());
+    assert_eq!(
+        proxy
+            .metrics
+            .connections_refused_total
+            .load(Ordering::Relaxed),
+        1
+    );
+    assert!(up.seen().is_empty());
+    drop(held);
+}

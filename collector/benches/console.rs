@@ -162,6 +162,7 @@ async fn run() {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         status_listen: "127.0.0.1:0".parse().unwrap(),
         ingest_tls: None,
+        listeners: Default::default(),
         admin: AdminSettings {
             allow_insecure_remote: false,
             secure_cookie: false,

@@ -1,7 +1,8 @@
 //! `collector.toml`: typed, unknown keys rejected, validated before anything
 //! starts. Environment overrides (`OPSPLANE_*`) for per-deployment settings.
 
-use common::config::{env_override, ConfigError, ConfigErrors, ConfigSource};
+use common::config::{env_override, ConfigError, ConfigErrors, ConfigSource, HumanDuration};
+use common::serve::Limits;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,29 @@ pub struct AdminListener {
     pub session_idle_timeout: Option<String>,
     /// ... and this long after login whatever happens (default 8h).
     pub session_absolute_timeout: Option<String>,
+    /// Longest wait for a whole request head (and TLS handshake).
+    pub header_timeout: Option<HumanDuration>,
+    /// Longest time a whole request body may take.
+    pub body_timeout: Option<HumanDuration>,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_timeout: Option<HumanDuration>,
+    /// Most connections open at once; more are closed at once.
+    pub max_connections: Option<usize>,
+    /// File holding a bearer token required on `/metrics` (open when absent).
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+/// The limit keys every listener section has (see `common::serve`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListenerLimits {
+    /// Longest wait for a whole request head (and TLS handshake).
+    pub header_timeout: Option<HumanDuration>,
+    /// Longest time a whole request body may take.
+    pub body_timeout: Option<HumanDuration>,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_timeout: Option<HumanDuration>,
+    /// Most connections open at once; more are closed at once.
+    pub max_connections: Option<usize>,
 }
 
 /// `[approvals]`: the four-eyes policy the collector starts with (admins
@@ -70,6 +94,14 @@ pub struct ApprovalsConfig {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub listen: Option<String>,
+    /// Longest wait for a whole request head (and TLS handshake).
+    pub header_timeout: Option<HumanDuration>,
+    /// Longest time a whole request body may take.
+    pub body_timeout: Option<HumanDuration>,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_timeout: Option<HumanDuration>,
+    /// Most connections open at once; more are closed at once.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -79,6 +111,14 @@ pub struct IngestListener {
     /// PEM certificate chain; with `tls_key`, agents connect over TLS.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// Longest wait for a whole request head (and TLS handshake).
+    pub header_timeout: Option<HumanDuration>,
+    /// Longest time a whole request body may take.
+    pub body_timeout: Option<HumanDuration>,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_timeout: Option<HumanDuration>,
+    /// Most connections open at once; more are closed at once.
+    pub max_connections: Option<usize>,
 }
 
 /// The validated, resolved settings the collector runs with.
@@ -92,6 +132,87 @@ pub struct Settings {
     pub ingest_tls: Option<(PathBuf, PathBuf)>,
     pub admin: AdminSettings,
     pub approvals: crate::approvals::Policy,
+    /// Limits of the three listeners and the `/metrics` token.
+    pub listeners: ListenerSettings,
+}
+
+/// How the three listeners are served.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    pub ingest: Limits,
+    pub admin: Limits,
+    pub status: Limits,
+    /// Bearer token required on the admin listener's `/metrics` when set.
+    pub metrics_token: Option<String>,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        ListenerSettings {
+            // agents keep one stream each and post a heartbeat every 10 s:
+            // a longer header timeout keeps their keep-alive connections
+            ingest: Limits {
+                header_timeout: std::time::Duration::from_secs(30),
+                ..Limits::with_max_connections(DEFAULT_INGEST_MAX_CONNECTIONS)
+            },
+            admin: Limits::with_max_connections(DEFAULT_ADMIN_MAX_CONNECTIONS),
+            status: Limits {
+                body_timeout: std::time::Duration::from_secs(10),
+                ..Limits::with_max_connections(DEFAULT_STATUS_MAX_CONNECTIONS)
+            },
+            metrics_token: None,
+        }
+    }
+}
+
+pub const DEFAULT_INGEST_MAX_CONNECTIONS: usize = 8192;
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 256;
+pub const DEFAULT_STATUS_MAX_CONNECTIONS: usize = 1024;
+
+/// Applies one section's limit keys over its defaults.
+fn resolve_limits(
+    src: &ConfigSource,
+    section: &str,
+    given: &ListenerLimits,
+    mut limits: Limits,
+    errors: &mut Vec<ConfigError>,
+) -> Limits {
+    for (leaf, value, slot) in [
+        (
+            "header_timeout",
+            given.header_timeout,
+            &mut limits.header_timeout,
+        ),
+        ("body_timeout", given.body_timeout, &mut limits.body_timeout),
+        ("idle_timeout", given.idle_timeout, &mut limits.idle_timeout),
+    ] {
+        match value {
+            Some(d) if d.0.is_zero() => {
+                errors.push(src.error(&format!("{section}.{leaf}"), "must be longer than zero"))
+            }
+            Some(d) => *slot = d.0,
+            None => {}
+        }
+    }
+    match given.max_connections {
+        Some(0) => {
+            errors.push(src.error(&format!("{section}.max_connections"), "must be at least 1"))
+        }
+        Some(n) => limits.max_connections = n,
+        None => {}
+    }
+    limits
+}
+
+macro_rules! listener_limits {
+    ($section:expr) => {
+        ListenerLimits {
+            header_timeout: $section.header_timeout,
+            body_timeout: $section.body_timeout,
+            idle_timeout: $section.idle_timeout,
+            max_connections: $section.max_connections,
+        }
+    };
 }
 
 /// Console session settings.
@@ -264,8 +385,53 @@ fn resolve(src: &ConfigSource, cfg: Config) -> Result<Settings, ConfigErrors> {
             ));
         }
     }
+    let defaults = ListenerSettings::default();
+    let metrics_token = cfg.admin.metrics_token_file.as_ref().and_then(|p| {
+        match std::fs::read_to_string(p).map(|t| t.trim().to_string()) {
+            Ok(t) if !t.is_empty() => Some(t),
+            Ok(_) => {
+                errors.push(src.error(
+                    "admin.metrics_token_file",
+                    format!("{} is empty", p.display()),
+                ));
+                None
+            }
+            Err(e) => {
+                errors.push(src.error(
+                    "admin.metrics_token_file",
+                    format!("cannot read {}: {e}", p.display()),
+                ));
+                None
+            }
+        }
+    });
+    let listeners = ListenerSettings {
+        ingest: resolve_limits(
+            src,
+            "ingest",
+            &listener_limits!(cfg.ingest),
+            defaults.ingest,
+            &mut errors,
+        ),
+        admin: resolve_limits(
+            src,
+            "admin",
+            &listener_limits!(cfg.admin),
+            defaults.admin,
+            &mut errors,
+        ),
+        status: resolve_limits(
+            src,
+            "status_page",
+            &listener_limits!(cfg.status_page),
+            defaults.status,
+            &mut errors,
+        ),
+        metrics_token,
+    };
     if errors.is_empty() {
         Ok(Settings {
+            listeners,
             data_dir,
             ingest_listen,
             admin_listen,

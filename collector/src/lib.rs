@@ -18,6 +18,10 @@ pub mod store;
 pub mod tls;
 
 use anyhow::Context;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use common::serve::{ListenerStats, RequestBody};
+use futures_util::future::BoxFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +38,18 @@ pub struct CtxInner {
     /// The four-eyes policy from the config (a policy saved in the console wins).
     pub approval_defaults: approvals::Policy,
     pub console: console::ConsoleState,
+    /// Connection counters of the three listeners (exported on `/metrics`).
+    pub listeners: ListenerStatsSet,
+    /// Bearer token required on the admin listener's `/metrics` when set.
+    pub metrics_token: Option<String>,
+}
+
+/// Connection counters of the ingest, admin and status listeners.
+#[derive(Debug, Default)]
+pub struct ListenerStatsSet {
+    pub ingest: Arc<ListenerStats>,
+    pub admin: Arc<ListenerStats>,
+    pub status: Arc<ListenerStats>,
 }
 
 pub type Ctx = Arc<CtxInner>;
@@ -69,6 +85,8 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
         tracker: TaskTracker::new(),
         approval_defaults: settings.approvals.clone(),
         console: console::ConsoleState::new(&settings.admin),
+        listeners: ListenerStatsSet::default(),
+        metrics_token: settings.listeners.metrics_token.clone(),
     });
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
@@ -91,31 +109,55 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
         None => None,
     };
     let mut servers = tokio::task::JoinSet::new();
-    let mut plain = vec![
-        (admin, admin::router(ctx.clone())),
-        (status, status::router()),
+    let limits = &settings.listeners;
+    let grace = SHUTDOWN_GRACE.saturating_sub(Duration::from_secs(1));
+    let admin_app = admin::router(ctx.clone()).layer(axum::middleware::from_fn_with_state(
+        ctx.clone(),
+        metrics::metrics_guard,
+    ));
+    let plain = [
+        (admin, admin_app, limits.admin, ctx.listeners.admin.clone()),
+        (
+            status,
+            status::router(),
+            limits.status,
+            ctx.listeners.status.clone(),
+        ),
     ];
+    for (listener, app, limits, stats) in plain {
+        servers.spawn(common::serve::serve_plain(
+            listener,
+            serve_router(app),
+            limits,
+            stats,
+            shutdown.clone(),
+            grace,
+        ));
+    }
+    let ingest_app = serve_router(ingest::router(ctx.clone()));
+    let ingest_stats = ctx.listeners.ingest.clone();
     match tls {
         Some(acceptor) => {
             servers.spawn(tls::serve(
                 ingest,
                 acceptor,
-                ingest::router(ctx.clone()),
+                ingest_app,
+                limits.ingest,
+                ingest_stats,
                 shutdown.clone(),
+                grace,
             ));
         }
-        None => plain.push((ingest, ingest::router(ctx.clone()))),
-    }
-    for (listener, app) in plain {
-        let token = shutdown.clone();
-        servers.spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
-        });
+        None => {
+            servers.spawn(common::serve::serve_plain(
+                ingest,
+                ingest_app,
+                limits.ingest,
+                ingest_stats,
+                shutdown.clone(),
+                grace,
+            ));
+        }
     }
     ctx.tracker.spawn(housekeeping(ctx.clone()));
     tracing::info!(ingest = %ingest_addr, ingest_tls = settings.ingest_tls.is_some(), admin = %admin_addr, status = %status_addr, version = common::VERSION, "collector listening");
@@ -127,6 +169,30 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
         ctx,
         servers,
     })
+}
+
+/// The function that serves one request with `router`, the peer address
+/// given to handlers as `ConnectInfo`.
+pub fn serve_router(
+    router: Router,
+) -> impl Fn(http::Request<RequestBody>, SocketAddr) -> BoxFuture<'static, axum::response::Response>
+       + Clone
+       + Send
+       + Sync
+       + Unpin
+       + 'static {
+    move |req, peer| {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let router = router.clone();
+        Box::pin(async move {
+            use tower::ServiceExt;
+            match router.oneshot(req).await {
+                Ok(resp) => resp,
+                Err(never) => match never {},
+            }
+        })
+    }
 }
 
 /// How often expired approval requests and console sessions are cleared.

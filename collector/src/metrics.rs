@@ -1,13 +1,22 @@
 //! `/metrics` of the admin listener, in OpenMetrics text. Values are read at
-//! scrape time from the hub and the store, so there is no state to keep in sync.
+//! scrape time from the hub, the store and the listeners' counters, so there
+//! is no state to keep in sync. With `[admin] metrics_token_file`, the
+//! endpoint needs `Authorization: Bearer <token>` ([`metrics_guard`]).
 
 use crate::api::ApiResult;
 use crate::store;
 use crate::Ctx;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::Ordering;
 
 pub async fn render(ctx: &Ctx) -> ApiResult<String> {
     let agents = ctx
@@ -54,7 +63,82 @@ pub async fn render(ctx: &Ctx) -> ApiResult<String> {
         streams,
     );
 
+    let open = Family::<Vec<(String, String)>, Gauge>::default();
+    let refused = Family::<Vec<(String, String)>, Counter>::default();
+    let header_timeouts = Family::<Vec<(String, String)>, Counter>::default();
+    let body_timeouts = Family::<Vec<(String, String)>, Counter>::default();
+    for (name, st) in [
+        ("ingest", &ctx.listeners.ingest),
+        ("admin", &ctx.listeners.admin),
+        ("status", &ctx.listeners.status),
+    ] {
+        let l = vec![("listener".to_string(), name.to_string())];
+        open.get_or_create(&l)
+            .set(st.connections_open.load(Ordering::Relaxed) as i64);
+        refused
+            .get_or_create(&l)
+            .inc_by(st.connections_refused_total.load(Ordering::Relaxed));
+        header_timeouts
+            .get_or_create(&l)
+            .inc_by(st.header_timeouts_total.load(Ordering::Relaxed));
+        body_timeouts
+            .get_or_create(&l)
+            .inc_by(st.body_timeouts_total.load(Ordering::Relaxed));
+    }
+    reg.register("connections_open", "Connections open per listener", open);
+    reg.register(
+        "connections_refused",
+        "Connections closed at once because the listener was at its cap",
+        refused,
+    );
+    reg.register(
+        "header_timeouts",
+        "Connections closed because a request head did not arrive in time",
+        header_timeouts,
+    );
+    reg.register(
+        "body_timeouts",
+        "Requests cut because their body did not arrive in time",
+        body_timeouts,
+    );
+
     let mut out = String::new();
     encode(&mut out, &reg).map_err(|_| crate::api::ApiError::internal())?;
     Ok(out)
+}
+
+/// Middleware around the admin router: with a metrics token configured,
+/// `GET /metrics` needs it as a bearer token (compared in constant time);
+/// without one `/metrics` is open as before.
+pub async fn metrics_guard(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
+    if let Some(want) = &ctx.metrics_token {
+        if req.uri().path() == "/metrics" && req.method() == Method::GET {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !given.is_some_and(|g| token_eq(g, want)) {
+                let body =
+                    common::wire::ErrorBody::new("UNAUTHORIZED", "missing or wrong metrics token");
+                let mut r = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return r;
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Constant-time comparison of two secrets (of their SHA-256 digests, so the
+/// length is not revealed either).
+fn token_eq(given: &str, want: &str) -> bool {
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(want.as_bytes());
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }

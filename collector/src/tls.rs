@@ -1,21 +1,17 @@
-//! TLS for the ingest listener (rustls, PEM files from the config). Axum's
-//! `serve` has no TLS, so this is the accept loop: TCP accept, handshake with
-//! a deadline, then hyper serving the same router, with graceful shutdown.
+//! TLS for the ingest listener (rustls, PEM files from the config): the
+//! acceptor, and serving through `common::serve` with the TLS handshake as
+//! the per-connection step (bounded by the listener's header timeout).
 
 use anyhow::Context;
-use axum::extract::ConnectInfo;
-use axum::Router;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use common::serve::{Limits, ListenerStats, RequestBody};
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
-
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Loads a certificate chain and private key (PEM) into an acceptor.
 pub fn acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor> {
@@ -44,55 +40,25 @@ pub fn acceptor(cert_path: &Path, key_path: &Path) -> anyhow::Result<TlsAcceptor
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serves `app` over TLS until `shutdown`, then drains open connections.
-pub async fn serve(
+/// Serves `app` over TLS until `shutdown` with the listener's limits (see
+/// `common::serve`; the handshake must finish within the header timeout),
+/// then drains open connections within `grace`.
+pub async fn serve<A, F>(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-    app: Router,
+    app: A,
+    limits: Limits,
+    stats: Arc<ListenerStats>,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (tcp, addr) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    A: Fn(http::Request<RequestBody>, SocketAddr) -> F + Clone + Send + Sync + Unpin + 'static,
+    F: Future<Output = axum::response::Response> + Send + 'static,
+{
+    let handshake = move |tcp| {
         let acceptor = acceptor.clone();
-        let app = app.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(peer = %addr, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(addr));
-                    app.clone().oneshot(req)
-                },
-            );
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(peer = %addr, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+        async move { acceptor.accept(tcp).await }
+    };
+    common::serve::serve(listener, handshake, app, limits, stats, shutdown, grace).await
 }

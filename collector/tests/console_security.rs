@@ -37,6 +37,7 @@ fn settings(dir: &std::path::Path, idle_ms: i64, absolute_ms: i64) -> Settings {
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         status_listen: "127.0.0.1:0".parse().unwrap(),
         ingest_tls: None,
+        listeners: Default::default(),
         admin: AdminSettings {
             allow_insecure_remote: false,
             secure_cookie: false,

@@ -140,6 +140,7 @@ fn agent_config(i: usize, dir: &Path, ingest: &str, token: &str) -> Config {
         api_listen: "127.0.0.1:0".parse().expect("addr"),
         api_token: None,
         max_body_bytes: 1_000_000,
+        api_http: Default::default(),
         collector: Some(Collector {
             url: ingest.into(),
             enroll_token: Some(token.into()),
