@@ -376,18 +376,10 @@ fn ofrep_context(
     };
     match top.remove("context") {
         None | Some(Value::Null) => Ok(s.base_ctx.clone()),
-        Some(Value::Object(ctx)) => {
-            if let Some(tk) = ctx.get("targetingKey") {
-                if !tk.is_string() {
-                    return Err((
-                        StatusCode::BAD_REQUEST,
-                        "INVALID_CONTEXT",
-                        "targetingKey must be a string".into(),
-                    ));
-                }
-            }
-            Ok(EvalContext::merged(&s.base_ctx, &ctx))
-        }
+        // A targetingKey that is not a string is passed on as flagd does:
+        // rules see it as it is, and `fractional` treats it as missing (the
+        // default variant), rather than refusing the whole evaluation.
+        Some(Value::Object(ctx)) => Ok(EvalContext::merged(&s.base_ctx, &ctx)),
         Some(_) => Err((
             StatusCode::BAD_REQUEST,
             "INVALID_CONTEXT",
