@@ -1141,3 +1141,27 @@ async fn proxy_connections_past_the_cap_are_closed() {
     assert!(up.seen().is_empty());
     drop(held);
 }
+
+#[tokio::test]
+async fn websocket_tunnel_outlives_the_body_and_header_timeouts() {
+    let ws_up = start_ws_upstream().await;
+    let proxy = start_proxy(ws_up, vec![], |s| {
+        s.body_timeout = Duration::from_millis(200);
+        s.client_header_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let (mut ws, _) = within(
+        "websocket handshake",
+        tokio_tungstenite::connect_async(format!("ws://{}/ws/echo", proxy.addr)),
+    )
+    .await
+    .unwrap();
+    // The tunnel stays quiet for three times both timeouts (this wait is the scenario).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    within("send", ws.send(Message::text("still here")))
+        .await
+        .unwrap();
+    let msg = within("echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(msg.to_text().unwrap(), "still here");
+    assert_eq!(proxy.metrics.body_timeouts_total.load(Ordering::Relaxed), 0);
+}

@@ -523,3 +523,69 @@ async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A long response (like the collector's revision stream) outlives every timeout: the
+    /// body timeout is for request bodies, and a connection with a response in flight is not
+    /// idle.
+    #[tokio::test]
+    async fn long_response_is_not_cut_by_the_timeouts() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            header_timeout: Duration::from_millis(100),
+            body_timeout: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(100),
+            max_connections: 4,
+        };
+        let app = |_req: Request<RequestBody>, _peer: SocketAddr| async {
+            // one chunk every 50 ms for 600 ms: six times each timeout
+            let chunks = futures_stream(12, Duration::from_millis(50));
+            Response::new(http_body_util::StreamBody::new(chunks))
+        };
+        let shutdown = CancellationToken::new();
+        let stats = Arc::new(ListenerStats::default());
+        let server = tokio::spawn(serve_plain(
+            listener,
+            app,
+            limits,
+            stats.clone(),
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        let got = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf).await;
+            String::from_utf8_lossy(&buf).to_string()
+        })
+        .await
+        .expect("the stream ends");
+        assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+        assert_eq!(got.matches("tick").count(), 12, "{got}");
+        assert_eq!(stats.body_timeouts_total.load(Ordering::Relaxed), 0);
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+
+    /// `n` frames `tick`, one every `every`.
+    fn futures_stream(
+        n: usize,
+        every: Duration,
+    ) -> impl futures_util::stream::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+        futures_util::stream::unfold(0, move |i| async move {
+            if i == n {
+                return None;
+            }
+            tokio::time::sleep(every).await;
+            Some((Ok(Frame::data(Bytes::from_static(b"tick"))), i + 1))
+        })
+    }
+}
