@@ -80,9 +80,11 @@ impl Harness {
                 .write(move |tx| {
                     let a = Actor::system("system:test");
                     store::users::add(tx, &a, &user_name(r), r, &hash, "test")?;
+                    // each user's token, owned by that user
+                    let owner = Actor::user(&user_name(r), r, "t".into(), "t".into());
                     let (_, secret) = store::tokens::create_api_token(
                         tx,
-                        &a,
+                        &owner,
                         &format!("t-{}", r.as_str()),
                         r,
                         None,
@@ -245,7 +247,7 @@ impl Harness {
         let st = self.ctx().store.clone();
         st.write(move |tx| {
             let a = Actor::system("system:test");
-            let (t, _) = store::tokens::create_enroll_token(tx, &a, "dev", "web", None)?;
+            let (t, _) = store::tokens::create_enroll_token(tx, &a, "dev", "web", None, 1)?;
             let id = common::wire::AgentIdentity {
                 service: "web".into(),
                 environment: "dev".into(),
@@ -254,7 +256,23 @@ impl Harness {
                 version: "1".into(),
                 labels: Default::default(),
             };
-            Ok(store::agents::enroll(tx, &t.id, &id)?.0)
+            Ok(store::agents::enroll(tx, &t.id, &id)?
+                .expect("a fresh token")
+                .0)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn new_enroll_token(&self) -> String {
+        let st = self.ctx().store.clone();
+        st.write(move |tx| {
+            let a = Actor::system("system:test");
+            Ok(
+                store::tokens::create_enroll_token(tx, &a, "dev", "web", None, 1)?
+                    .0
+                    .id,
+            )
         })
         .await
         .unwrap()
@@ -292,6 +310,8 @@ fn set_cookie(resp: &reqwest::Response) -> Option<String> {
 /// (Admin-only reads are included: export and the token list.)
 const ROUTES: &[(&str, Role)] = &[
     ("api POST /agents/enroll-tokens", Role::Operator),
+    ("api POST /agents/enroll-tokens/{id}/revoke", Role::Operator),
+    ("api GET /agents/enroll-tokens", Role::Operator),
     ("api POST /agents/{id}/revoke", Role::Operator),
     ("api POST /flags/apply", Role::Operator),
     ("api POST /flags/{key}", Role::Operator),
@@ -338,6 +358,11 @@ async fn call(h: &Harness, route: &str, role: Role, n: usize) -> StatusCode {
     let uname = format!("new-{}-{n}", role.as_str());
     let r = match route {
         "api POST /agents/enroll-tokens" => h.api_post(&tok, "/agents/enroll-tokens", json!({"environment": "dev", "service": "web"})).await,
+        "api POST /agents/enroll-tokens/{id}/revoke" => {
+            let id = h.new_enroll_token().await;
+            h.api_post(&tok, &format!("/agents/enroll-tokens/{id}/revoke"), json!({"reason": "t"})).await
+        }
+        "api GET /agents/enroll-tokens" => h.api(&tok, reqwest::Method::GET, "/agents/enroll-tokens", None).await,
         "api POST /agents/{id}/revoke" => {
             let id = h.new_agent(n).await;
             h.api_post(&tok, &format!("/agents/{id}/revoke"), json!({"reason": "t"})).await
@@ -726,12 +751,7 @@ async fn four_eyes() {
     let st = h.ctx().store.clone();
     let minted = st
         .write(|tx| {
-            let a = Actor {
-                name: "admin".into(),
-                role: Role::Admin,
-                source: "t".into(),
-                user_agent: "t".into(),
-            };
+            let a = Actor::user("admin", Role::Admin, "t".into(), "t".into());
             Ok(store::tokens::create_api_token(tx, &a, "sneaky", Role::Admin, None, "")?.1)
         })
         .await
@@ -902,14 +922,16 @@ async fn four_eyes() {
         .await
         .unwrap();
     let target = format!("approval:{id}");
-    assert!(entries
-        .iter()
-        .any(|e| e.action == "approval.request" && e.target == target && e.actor == "admin"));
+    // (the request came with the init admin's API token: recorded as a
+    // token, with the person behind it)
+    assert!(entries.iter().any(|e| e.action == "approval.request"
+        && e.target == target
+        && e.actor == "token:admin (owner admin)"));
     assert!(entries
         .iter()
         .any(|e| e.action == "approval.approve" && e.target == target && e.actor == "u-operator"));
     assert!(entries.iter().any(|e| e.action == "flags.set"
-        && e.actor == "admin"
+        && e.actor == "token:admin (owner admin)"
         && e.reason.contains("approved by u-operator")));
 
     // the console requester sees no approve button on their own request
@@ -1107,12 +1129,16 @@ fn role_matrix_covers_every_post_route() {
         ("src/console/pages.rs", "", "console"),
         ("src/console/login.rs", "", "console"),
     ] {
-        for line in src(file).lines() {
-            let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+        // whitespace collapsed, so a `.route(` that rustfmt wrapped over
+        // several lines is seen too
+        let flat = src(file).split_whitespace().collect::<Vec<_>>().join("");
+        for segment in flat.split(".route(").skip(1) {
+            let Some(rest) = segment.strip_prefix('"') else {
                 continue;
             };
             let path = &rest[..rest.find('"').unwrap()];
-            if line.contains("post(") {
+            let call = &rest[..rest.find(".route(").unwrap_or(rest.len())];
+            if call.contains("post(") {
                 declared.push(format!("{kind} POST {prefix}{path}"));
             }
         }
@@ -1134,4 +1160,159 @@ fn role_matrix_covers_every_post_route() {
         missing.is_empty(),
         "POST routes missing from the role matrix: {missing:?}"
     );
+}
+
+/// A token minted by `owner` (a user) with `role`; returns `(id, secret)`.
+async fn token_of(h: &Harness, owner: &str, name: &str, role: Role) -> (String, String) {
+    let (owner, name) = (owner.to_string(), name.to_string());
+    h.ctx()
+        .store
+        .write(move |tx| {
+            let a = Actor::user(&owner, Role::Admin, "t".into(), "t".into());
+            let (t, secret) = store::tokens::create_api_token(tx, &a, &name, role, None, "")?;
+            Ok((t.id, secret))
+        })
+        .await
+        .unwrap()
+}
+
+/// A pending prod flag change requested with `token`; returns its id.
+async fn flag_request_with(h: &Harness, token: &str) -> String {
+    let cur = h
+        .ctx()
+        .store
+        .read(|c| store::flags::latest(c, "prod"))
+        .await
+        .unwrap()
+        .unwrap()
+        .flags["flags"]["f1"]["state"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let next = if cur == "ENABLED" {
+        "DISABLED"
+    } else {
+        "ENABLED"
+    };
+    let r = h
+        .api_post(
+            token,
+            "/flags/f1",
+            json!({"environment": "prod", "state": next, "reason": "via a token"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let v: Value = r.json().await.unwrap();
+    v["approval"]["id"].as_str().unwrap().to_string()
+}
+
+/// Four-eyes compares persons: a request made with an API token belongs to
+/// the token's owner, whatever the token is called, and that person cannot
+/// approve it by session or by any of their tokens. A request whose token
+/// was revoked cannot be approved. Tokens are unmistakable in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_eyes_through_tokens() {
+    let h = Harness::start(15 * 60 * 1000).await;
+    // u-admin mints an operator token named like another user
+    let (_, bob) = token_of(&h, "u-admin", "bob", Role::Operator).await;
+    let id = flag_request_with(&h, &bob).await;
+    let a = h
+        .ctx()
+        .store
+        .read({
+            let id = id.clone();
+            move |c| store::approvals::get(c, &id)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.requested_person, "u-admin");
+    assert_eq!(a.requested_by, "token:bob (owner u-admin)");
+    // the token's owner cannot approve: not in the console...
+    let r = h
+        .console_post(
+            &h.sessions[&Role::Admin],
+            &format!("/console/approvals/{id}/approve"),
+            &[("reason", "mine")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "the owner's session");
+    // ...nor with another token of theirs, nor with the requesting token
+    for tok in [h.tokens[&Role::Admin].clone(), bob.clone()] {
+        let r = h
+            .api_post(&tok, &format!("/approvals/{id}/approve"), json!({}))
+            .await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "the owner's token");
+    }
+    // another person can
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Operator],
+            &format!("/approvals/{id}/approve"),
+            json!({"reason": "ok"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // a request whose token was revoked cannot be approved any more
+    let (bob2_id, bob2) = token_of(&h, "u-operator", "bob2", Role::Operator).await;
+    let id2 = flag_request_with(&h, &bob2).await;
+    let r = h
+        .api_post(
+            &h.admin_token,
+            &format!("/tokens/{bob2_id}/revoke"),
+            json!({"reason": "leaked"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Admin],
+            &format!("/approvals/{id2}/approve"),
+            json!({"reason": "ok"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("revoked"));
+    // rejecting it still works
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Admin],
+            &format!("/approvals/{id2}/reject"),
+            json!({"reason": "token revoked"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // the audit log names the token and its owner, never "bob" alone
+    let entries = h
+        .ctx()
+        .store
+        .read(|c| store::audit::list(c, &store::audit::Filter::default()))
+        .await
+        .unwrap();
+    assert!(entries.iter().all(|e| e.actor != "bob"));
+    assert!(entries.iter().any(|e| e.action == "approval.request"
+        && e.target == format!("approval:{id}")
+        && e.actor == "token:bob (owner u-admin)"));
+    // filtering by a person finds what their tokens did
+    let mine = h
+        .ctx()
+        .store
+        .read(|c| {
+            store::audit::list(
+                c,
+                &store::audit::Filter {
+                    actor: Some("u-admin".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+    assert!(mine
+        .iter()
+        .any(|e| e.actor == "token:bob (owner u-admin)" && e.action == "approval.request"));
+    assert!(h.ctx().store.read(store::audit::verify).await.unwrap().ok);
+    h.stop().await;
 }

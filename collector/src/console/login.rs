@@ -133,12 +133,12 @@ async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
     let next = safe_next(form.next.as_deref());
     let username: String = form.username.trim().chars().take(64).collect();
     let now = common::time::now_ms();
-    let anonymous = Actor {
-        name: "anonymous".into(),
-        role: Role::Viewer,
-        source: source.clone(),
-        user_agent: user_agent.clone(),
-    };
+    let anonymous = Actor::user(
+        "anonymous",
+        Role::Viewer,
+        source.clone(),
+        user_agent.clone(),
+    );
     let refuse = |status: StatusCode, msg: String| {
         let mut r = super::html_response(render::login_page(&next, Some(&msg), &username));
         *r.status_mut() = status;
@@ -192,12 +192,7 @@ async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
     // a new session id at every login (no fixation)
     let (_, sid) = new_secret(SecretKind::Session);
     let (_, csrf) = new_secret(SecretKind::Session);
-    let actor = Actor {
-        name: username.clone(),
-        role,
-        source,
-        user_agent,
-    };
+    let actor = Actor::user(&username, role, source, user_agent);
     let h = hash_secret(&sid);
     ctx.store
         .write(move |tx| {

@@ -288,12 +288,7 @@ async fn load_session(
     }
     Ok(Some((
         Session {
-            actor: Actor {
-                name: row.user,
-                role: row.role,
-                source,
-                user_agent,
-            },
+            actor: Actor::user(&row.user, row.role, source, user_agent),
             csrf: row.csrf,
             id_hash,
         },

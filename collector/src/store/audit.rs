@@ -196,8 +196,14 @@ pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<AuditEntry>> {
         args.push(Box::new(u));
     }
     if let Some(a) = &f.actor {
-        sql.push_str(" AND actor = ?");
-        args.push(Box::new(a.clone()));
+        // a person's own entries and those of their API tokens
+        // (`token:NAME (owner PERSON)`)
+        sql.push_str(
+            " AND (actor = ? OR (actor LIKE 'token:%' AND substr(actor, -(length(?) + 9)) = ' (owner ' || ? || ')'))",
+        );
+        for _ in 0..3 {
+            args.push(Box::new(a.clone()));
+        }
     }
     if let Some(a) = &f.action {
         sql.push_str(" AND action = ?");

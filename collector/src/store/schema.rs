@@ -133,6 +133,25 @@ CREATE TABLE approvals (
 );
 CREATE INDEX approvals_state ON approvals(state, created_ms);
 "#,
+    // 3: the person behind every token and request (four-eyes compares
+    // persons, not names); enrollment tokens with a use count. Existing
+    // tokens are owned by their creator (init's token by the admin it was
+    // made for); existing requests by the owner of the token named as their
+    // requester, else by the user of that name. Existing enrollment tokens
+    // keep unlimited uses (until they expire or are revoked).
+    r#"
+ALTER TABLE api_tokens ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+UPDATE api_tokens SET owner = CASE WHEN created_by = 'system:init' THEN name ELSE created_by END;
+ALTER TABLE approvals ADD COLUMN requested_person TEXT NOT NULL DEFAULT '';
+ALTER TABLE approvals ADD COLUMN requested_token_id TEXT;
+UPDATE approvals SET requested_person = COALESCE(
+    (SELECT t.owner FROM api_tokens t
+     WHERE t.name = approvals.requested_by
+       AND NOT EXISTS (SELECT 1 FROM users u WHERE u.name = approvals.requested_by)
+     ORDER BY t.created_ms LIMIT 1),
+    requested_by);
+ALTER TABLE enroll_tokens ADD COLUMN max_uses INTEGER;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {
