@@ -267,18 +267,27 @@ async fn load_session(
         return Ok(None);
     }
     let mut cookie = None;
+    let mut csrf = row.csrf.clone();
     if row.role != row.issued_role {
+        // a new id and a new CSRF token: forms of the old session stop working
         let (_, new_id) = new_secret(SecretKind::Session);
+        let (_, new_csrf) = new_secret(SecretKind::Session);
         let new_hash = hash_secret(&new_id);
-        let (old, nh, role) = (id_hash.clone(), new_hash.clone(), row.role);
+        let (old, nh, nc, role) = (
+            id_hash.clone(),
+            new_hash.clone(),
+            new_csrf.clone(),
+            row.role,
+        );
         if ctx
             .store
-            .write(move |tx| store::sessions::rotate(tx, &old, &nh, role, now))
+            .write(move |tx| store::sessions::rotate(tx, &old, &nh, &nc, role, now))
             .await?
         {
-            tracing::info!(user = %row.user, role = role.as_str(), "role changed; session id renewed");
+            tracing::info!(user = %row.user, role = role.as_str(), "role changed; session id and csrf token renewed");
             cookie = Some(session_cookie(st, &new_id));
             id_hash = new_hash;
+            csrf = new_csrf;
         }
     } else if !live && now - row.last_seen_ms > TOUCH_EVERY_MS {
         let h = id_hash.clone();
@@ -289,7 +298,7 @@ async fn load_session(
     Ok(Some((
         Session {
             actor: Actor::user(&row.user, row.role, source, user_agent),
-            csrf: row.csrf,
+            csrf,
             id_hash,
         },
         cookie,
