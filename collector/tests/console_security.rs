@@ -1316,3 +1316,173 @@ async fn four_eyes_through_tokens() {
     assert!(h.ctx().store.read(store::audit::verify).await.unwrap().ok);
     h.stop().await;
 }
+
+/// A clock the test moves by hand (the login throttle's time).
+struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl collector::console::Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// 40 simultaneous wrong passwords: each attempt is counted before its
+/// password is hashed, so at most the account's budget is hashed (and
+/// audited as failed) and the rest are refused at once with Retry-After;
+/// the right password is refused during the lock, accepted after it; the
+/// lock backs off exponentially; a busy address does not lock out users
+/// who did not fail (every user behind a TLS proxy shares one address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_throttle_counts_before_hashing() {
+    use collector::console::login_limits::*;
+    let h = Harness::start(15 * 60 * 1000).await;
+    let clock = std::sync::Arc::new(ManualClock(common::time::now_ms().into()));
+    h.ctx().console.limiter.set_clock(clock.clone());
+    let advance = |ms: i64| {
+        clock.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    };
+    let failed_before = failed_logins(&h).await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let (http, base) = (h.http.clone(), h.base.clone());
+        calls.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/console/login"))
+                .form(&[
+                    ("username", "u-viewer"),
+                    ("password", &format!("wrong-{i}")),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            (r.status(), retry)
+        }));
+    }
+    let mut unauthorized = 0;
+    let mut throttled = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            (StatusCode::UNAUTHORIZED, _) => unauthorized += 1,
+            (StatusCode::TOO_MANY_REQUESTS, true) => throttled += 1,
+            // no hashing slot in time (a loaded test machine): not hashed either
+            (StatusCode::SERVICE_UNAVAILABLE, true) => throttled += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        unauthorized <= MAX_PER_ACCOUNT,
+        "{unauthorized} passwords hashed"
+    );
+    assert_eq!(unauthorized + throttled, 40);
+    assert_eq!(failed_logins(&h).await - failed_before, unauthorized);
+    // locked: the right password is refused too
+    let r = h.login_raw("u-viewer", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= BASE_LOCK_MS / 1000, "{retry}");
+    // after the lock, one more failure locks again, twice as long
+    advance(BASE_LOCK_MS);
+    assert_eq!(
+        h.login_raw("u-viewer", "still wrong").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    advance(BASE_LOCK_MS);
+    assert_eq!(
+        h.login_raw("u-viewer", PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the second lock lasts twice as long"
+    );
+    advance(BASE_LOCK_MS);
+    assert!(h.login("u-viewer", PASSWORD).await.is_some());
+
+    // many accounts failing from one address (a proxy): a user who did not
+    // fail still signs in
+    for i in 0..MAX_PER_ADDRESS {
+        assert_eq!(
+            h.login_raw(&format!("nobody-{i}"), "guess").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert!(h.login("u-operator", PASSWORD).await.is_some());
+    h.stop().await;
+}
+
+async fn failed_logins(h: &Harness) -> usize {
+    h.ctx()
+        .store
+        .read(|c| {
+            store::audit::list(
+                c,
+                &store::audit::Filter {
+                    action: Some("auth.login_failed".into()),
+                    limit: Some(100_000),
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+/// The CSRF token changes with the session id: at every login, and when a
+/// role change renews the id (the old token stops working).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csrf_token_rotates_with_the_session_id() {
+    let h = Harness::start(15 * 60 * 1000).await;
+    let a = h.login("u-operator", PASSWORD).await.unwrap();
+    let b = h.login("u-operator", PASSWORD).await.unwrap();
+    assert_ne!(a.csrf, b.csrf, "a new csrf token at every login");
+    // a role change renews the session id, and with it the csrf token
+    h.ctx()
+        .store
+        .write(|tx| {
+            store::users::set_role(
+                tx,
+                &Actor::system("system:test"),
+                "u-operator",
+                Role::Admin,
+                "t",
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let r = h
+        .http
+        .get(format!("{}/console/", h.base))
+        .header("cookie", format!("opsplane_session={}", a.cookie))
+        .send()
+        .await
+        .unwrap();
+    let renewed = set_cookie(&r).expect("a renewed session cookie");
+    let new_csrf = h.csrf(&renewed).await;
+    assert_ne!(new_csrf, a.csrf, "the csrf token is renewed with the id");
+    let old = Sess {
+        cookie: renewed.clone(),
+        csrf: a.csrf.clone(),
+    };
+    let fields = [("env", "dev"), ("name", "ks1"), ("reason", "t")];
+    let r = h
+        .console_post(&old, "/console/killswitches/kill", &fields)
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "the old csrf token is refused"
+    );
+    let new = Sess {
+        cookie: renewed,
+        csrf: new_csrf,
+    };
+    let r = h
+        .console_post(&new, "/console/killswitches/kill", &fields)
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    h.stop().await;
+}
