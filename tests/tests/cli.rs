@@ -760,7 +760,17 @@ fn enrollment_tokens_are_single_use_countable_and_revocable() {
     let tmp = tempfile::tempdir().unwrap();
     let c = Collector::start(tmp.path());
     // single use, with eight agents racing for it
-    let once = c.enroll_token("prod", "web");
+    let once = c.json(&[
+        "agents",
+        "enroll-token",
+        "--env",
+        "prod",
+        "--service",
+        "web",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let results: Vec<u16> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..8)
             .map(|i| {
