@@ -1486,3 +1486,60 @@ async fn csrf_token_rotates_with_the_session_id() {
     assert_eq!(r.status(), StatusCode::SEE_OTHER);
     h.stop().await;
 }
+
+/// When the database cannot be written (here SQLite's own "database or
+/// disk is full"), writes answer 500 and `/readyz` on the admin and ingest
+/// listeners answers 503 with the reason, while `/healthz` stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_tells_when_the_store_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = collector::init::init(dir.path()).unwrap();
+    let running = collector::start(settings(dir.path(), 60_000, 8 * 3600 * 1000))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let admin = format!("http://{}", running.admin_addr);
+    let ingest = format!("http://{}", running.ingest_addr);
+    for base in [&admin, &ingest] {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // no page may be added to the database any more
+    running
+        .ctx
+        .store
+        .write(|tx| {
+            let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            tx.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut refused = false;
+    for i in 0..200 {
+        let r = http
+            .post(format!("{admin}/api/v1/killswitches"))
+            .bearer_auth(&init.admin_token)
+            .json(&json!({"name": format!("s{i}"), "description": "x".repeat(4000)}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::INTERNAL_SERVER_ERROR {
+            refused = true;
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert!(refused, "a full database refuses writes");
+    for base in [&admin, &ingest] {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v: Value = r.json().await.unwrap();
+        let reason = v["reason"].as_str().unwrap();
+        assert!(reason.contains("full"), "{reason}");
+        let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    running.shutdown.cancel();
+    running.wait().await.unwrap();
+}
