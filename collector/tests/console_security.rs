@@ -1543,3 +1543,65 @@ async fn readyz_tells_when_the_store_cannot_write() {
     running.shutdown.cancel();
     running.wait().await.unwrap();
 }
+
+/// One agent credential holds at most `MAX_STREAMS_PER_AGENT` streams: a
+/// new stream closes the oldest (over real HTTP on the ingest listener).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_agent_are_capped() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    collector::init::init(dir.path()).unwrap();
+    let running = collector::start(settings(dir.path(), 60_000, 8 * 3600 * 1000))
+        .await
+        .unwrap();
+    let (agent_id, credential) = running
+        .ctx
+        .store
+        .write(|tx| {
+            let a = Actor::system("system:test");
+            let (t, _) = store::tokens::create_enroll_token(tx, &a, "dev", "web", None, 1)?;
+            let id = common::wire::AgentIdentity {
+                service: "web".into(),
+                environment: "dev".into(),
+                instance: "w".into(),
+                host: "h".into(),
+                version: "1".into(),
+                labels: Default::default(),
+            };
+            Ok(store::agents::enroll(tx, &t.id, &id)?.expect("fresh token"))
+        })
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/agent/stream", running.ingest_addr);
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let r = http
+            .get(&url)
+            .bearer_auth(&credential)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let mut body = r.bytes_stream();
+        // the first line (the current revision) arrives at once
+        body.next().await.unwrap().unwrap();
+        streams.push(body);
+    }
+    let cap = collector::hub::MAX_STREAMS_PER_AGENT;
+    assert_eq!(running.ctx.hub.stream_count(&agent_id), cap);
+    // the oldest streams were closed by the server
+    for s in streams.iter_mut().take(5 - cap) {
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(chunk) = s.next().await {
+                if chunk.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "a replaced stream ends");
+    }
+    running.shutdown.cancel();
+    running.wait().await.unwrap();
+}
