@@ -57,7 +57,7 @@ async fn seed(st: &store::Store) {
     for batch in 0..AGENTS / 100 {
         let a2 = a.clone();
         st.write(move |tx| {
-            let (t, _) = store::tokens::create_enroll_token(tx, &a2, "prod", "web", None)?;
+            let (t, _) = store::tokens::create_enroll_token(tx, &a2, "prod", "web", None, 100)?;
             for i in 0..100 {
                 let n = batch * 100 + i;
                 let id = common::wire::AgentIdentity {
@@ -68,7 +68,8 @@ async fn seed(st: &store::Store) {
                     version: "1.2.3".into(),
                     labels: Default::default(),
                 };
-                let (agent_id, _) = store::agents::enroll(tx, &t.id, &id)?;
+                let (agent_id, _) = store::agents::enroll(tx, &t.id, &id)?
+                    .ok_or_else(|| store::StoreError::Invalid("token used up".into()))?;
                 store::agents::ack(tx, &agent_id, 1)?;
             }
             Ok(())
@@ -113,7 +114,7 @@ async fn seed(st: &store::Store) {
                     // flag changes below: compiled off the writer, one write each
                     1 => {}
                     _ => {
-                        store::tokens::create_enroll_token(tx, &a2, "staging", "web", None)?;
+                        store::tokens::create_enroll_token(tx, &a2, "staging", "web", None, 1)?;
                     }
                 }
             }

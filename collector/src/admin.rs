@@ -32,7 +32,14 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/whoami", get(whoami))
         .route("/environments", get(environments))
         .route("/agents", get(agents_list))
-        .route("/agents/enroll-tokens", post(enroll_token_create))
+        .route(
+            "/agents/enroll-tokens",
+            get(enroll_tokens_list).post(enroll_token_create),
+        )
+        .route(
+            "/agents/enroll-tokens/{id}/revoke",
+            post(enroll_token_revoke),
+        )
         .route("/agents/{id}/revoke", post(agent_revoke))
         .route("/flags", get(flags_get_all))
         .route(
@@ -63,6 +70,7 @@ pub fn router(ctx: Ctx) -> Router {
         .fallback(not_found);
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/api/v1", api)
         .merge(crate::console::router(ctx.clone()))
@@ -127,14 +135,11 @@ impl FromRequestParts<Ctx> for Caller {
             .store
             .read(move |c| store::tokens::authenticate_api_token(c, &token))
             .await?;
-        let (_id, name, role) =
+        let t =
             found.ok_or_else(|| ApiError::unauthorized("unknown, expired or revoked API token"))?;
-        Ok(Caller(Actor {
-            name,
-            role,
-            source,
-            user_agent,
-        }))
+        Ok(Caller(Actor::token(
+            &t.id, &t.name, &t.owner, t.role, source, user_agent,
+        )))
     }
 }
 
@@ -154,7 +159,28 @@ fn ok<T: Serialize>(v: &T) -> Response {
 }
 
 async fn whoami(caller: Caller) -> Response {
-    ok(&json!({"name": caller.0.name, "role": caller.0.role, "source": caller.0.source}))
+    ok(
+        &json!({"name": caller.0.name, "role": caller.0.role, "source": caller.0.source, "person": caller.0.person, "token_id": caller.0.token_id}),
+    )
+}
+
+/// How long `/readyz` waits for the store's writer to take a no-op job.
+const READY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// 200 while the store can write; 503 with the reason when its writer is
+/// gone, stuck, or the last write failed for a storage reason (disk full,
+/// read-only file). Served on the admin and ingest listeners.
+pub async fn readyz(State(ctx): State<Ctx>) -> Response {
+    match ctx.store.health(READY_PROBE_TIMEOUT).await {
+        Ok(()) => ok(&json!({"status": "ready"})),
+        Err(reason) => {
+            tracing::warn!(reason = %reason, "not ready: the store cannot write");
+            crate::api::json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "not ready", "reason": reason}),
+            )
+        }
+    }
 }
 
 async fn environments(State(ctx): State<Ctx>, caller: Caller) -> ApiResult<Response> {
@@ -218,6 +244,8 @@ struct EnrollTokenReq {
     environment: String,
     service: String,
     expires: Option<String>,
+    /// How many agents it may enroll (1 unless given).
+    uses: Option<u32>,
 }
 
 async fn enroll_token_create(
@@ -228,15 +256,43 @@ async fn enroll_token_create(
     let actor = caller.require(Role::Operator)?.clone();
     let expires = crate::auth::expiry_ms(Some(r.expires.as_deref().unwrap_or("24h")))
         .map_err(ApiError::bad_request)?;
+    let uses = r.uses.unwrap_or(1);
     let (t, secret) = ctx
         .store
         .write(move |tx| {
-            store::tokens::create_enroll_token(tx, &actor, &r.environment, &r.service, expires)
+            store::tokens::create_enroll_token(
+                tx,
+                &actor,
+                &r.environment,
+                &r.service,
+                expires,
+                uses,
+            )
         })
         .await?;
     Ok(ok(
-        &json!({"id": t.id, "environment": t.environment, "service": t.service, "expires": t.expires, "token": secret}),
+        &json!({"id": t.id, "environment": t.environment, "service": t.service, "expires": t.expires, "uses": t.max_uses, "token": secret}),
     ))
+}
+
+async fn enroll_tokens_list(State(ctx): State<Ctx>, caller: Caller) -> ApiResult<Response> {
+    caller.require(Role::Operator)?;
+    let t = ctx.store.read(store::tokens::list_enroll_tokens).await?;
+    Ok(ok(&json!({ "enroll_tokens": t })))
+}
+
+async fn enroll_token_revoke(
+    State(ctx): State<Ctx>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(r): Json<ReasonReq>,
+) -> ApiResult<Response> {
+    let actor = caller.require(Role::Operator)?.clone();
+    let id2 = id.clone();
+    ctx.store
+        .write(move |tx| store::tokens::revoke_enroll_token(tx, &actor, &id2, &r.reason))
+        .await?;
+    Ok(ok(&json!({"id": id, "revoked": true})))
 }
 
 #[derive(Deserialize)]
@@ -945,24 +1001,13 @@ fn decided_view(d: approvals::Decided) -> Response {
 async fn approval_approve(
     State(ctx): State<Ctx>,
     caller: Caller,
-    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     Json(r): Json<ReasonReq>,
 ) -> ApiResult<Response> {
+    // the caller is the token's owner: a requester cannot approve with any
+    // token of theirs
     let actor = caller.require(Role::Operator)?.clone();
-    // the API token's creator counts as the approver too (a requester may
-    // not approve with a token they minted for the purpose)
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default();
-    let creator = ctx
-        .store
-        .read(move |c| store::tokens::creator_of(c, &token))
-        .await?;
-    let d = approvals::approve(&ctx, &actor, creator, &id, &r.reason)
+    let d = approvals::approve(&ctx, &actor, &id, &r.reason)
         .await
         .map_err(approval_error)?;
     Ok(decided_view(d))

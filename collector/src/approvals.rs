@@ -5,9 +5,11 @@
 //! an approved change writes the same revision and audit entries as a direct
 //! one, inside the approval's transaction.
 //!
-//! Invariants: nobody approves their own request (admins included; an API
-//! token minted by the requester counts as the requester); the approver needs
-//! the role the operation needs; what runs is exactly what was shown (the
+//! Invariants: nobody approves their own request (admins included): requests
+//! and approvers are compared by person (a token's owner), however each
+//! arrives, session or any of their tokens; a request whose token was revoked
+//! or whose person no longer has the role cannot be approved; the approver
+//! needs the role the operation needs; what runs is exactly what was shown (the
 //! diff is recomputed and must match); emergency actions (kill, revive)
 //! never come here.
 
@@ -28,6 +30,21 @@ pub struct Policy {
     pub grant_roles: bool,
     /// Pending requests expire after this long.
     pub expire_after_ms: i64,
+}
+
+/// Longest time a request may wait for approval.
+pub const MAX_EXPIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
+/// Shortest time a request waits for approval.
+pub const MIN_EXPIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Parses a request expiry (`"24h"`) within [`MIN_EXPIRE_AFTER`] and
+/// [`MAX_EXPIRE_AFTER`], into milliseconds.
+pub fn parse_expire_after(s: &str) -> Result<i64, String> {
+    let d = common::config::parse_duration_max(s, MAX_EXPIRE_AFTER, "request expiry")?;
+    if d < MIN_EXPIRE_AFTER {
+        return Err("requests must stay open at least one minute".into());
+    }
+    Ok(d.as_millis() as i64)
 }
 
 impl Default for Policy {
@@ -270,10 +287,16 @@ pub fn execute(
             for env in &policy.protected_environments {
                 store::users::validate_name(env)?;
             }
-            if policy.expire_after_ms < 60_000 {
+            if policy.expire_after_ms < MIN_EXPIRE_AFTER.as_millis() as i64 {
                 return Err(StoreError::Invalid(
                     "requests must stay open at least one minute".into(),
                 ));
+            }
+            if policy.expire_after_ms > MAX_EXPIRE_AFTER.as_millis() as i64 {
+                return Err(StoreError::Invalid(format!(
+                    "requests may stay open at most {}",
+                    common::config::humanize(MAX_EXPIRE_AFTER)
+                )));
             }
             let before =
                 store::approvals::policy(tx)?.unwrap_or(serde_json::to_value(config_default)?);
@@ -458,7 +481,7 @@ async fn submit_once(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::R
         .store
         .write(move |tx| {
             let needs = policy.requires(&op)
-                && !store::users::others_with_role(tx, &actor.name, op.required_role())?.is_empty();
+                && !store::users::others_with_role(tx, &actor.person, op.required_role())?.is_empty();
             if !needs {
                 return Ok(Submitted::Applied(execute(tx, &op, &actor, &reason)?));
             }
@@ -466,7 +489,11 @@ async fn submit_once(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::R
             if !preview.changed {
                 return Ok(Submitted::Applied(preview));
             }
-            let expires = common::time::now_ms() + policy.expire_after_ms;
+            // a saved policy is bounded when saved; clamp an older one too
+            let expire_after_ms = policy
+                .expire_after_ms
+                .clamp(MIN_EXPIRE_AFTER.as_millis() as i64, MAX_EXPIRE_AFTER.as_millis() as i64);
+            let expires = common::time::add_ms(common::time::now_ms(), expire_after_ms);
             let payload = serde_json::to_value(&op)?;
             let a = store::approvals::create(tx, &actor, op.action(), &op.target(), &payload, &preview.diff, &reason, expires)?;
             tracing::info!(id = %a.id, action = %a.action, target = %a.target, by = %a.requested_by, "change waits for approval");
@@ -492,16 +519,15 @@ pub enum Decided {
     Expired(Approval),
 }
 
-/// Approves request `id` as `approver`; `token_creator` is who minted the
-/// API token used, if any. The change runs in the same transaction.
+/// Approves request `id` as `approver`. The change runs in the same
+/// transaction.
 pub async fn approve(
     ctx: &Ctx,
     approver: &Actor,
-    token_creator: Option<String>,
     id: &str,
     reason: &str,
 ) -> Result<Decided, ApprovalError> {
-    decide(ctx, approver, token_creator, id, reason, true).await
+    decide(ctx, approver, id, reason, true).await
 }
 
 pub async fn reject(
@@ -510,13 +536,12 @@ pub async fn reject(
     id: &str,
     reason: &str,
 ) -> Result<Decided, ApprovalError> {
-    decide(ctx, approver, None, id, reason, false).await
+    decide(ctx, approver, id, reason, false).await
 }
 
 async fn decide(
     ctx: &Ctx,
     approver: &Actor,
-    token_creator: Option<String>,
     id: &str,
     reason: &str,
     approved: bool,
@@ -531,7 +556,6 @@ async fn decide(
         let out = decide_once(
             ctx,
             approver,
-            token_creator.clone(),
             id,
             reason,
             approved,
@@ -582,7 +606,6 @@ async fn checked_request(ctx: &Ctx, id: &str) -> Result<Option<Op>, ApprovalErro
 async fn decide_once(
     ctx: &Ctx,
     approver: &Actor,
-    token_creator: Option<String>,
     id: &str,
     reason: &str,
     approved: bool,
@@ -610,11 +633,12 @@ async fn decide_once(
             // the same payload (a request's payload never changes), with its
             // flag definition compiled off the writer
             let op = checked.unwrap_or(op);
-            let is_own = a.requested_by == approver.name || token_creator.as_deref() == Some(a.requested_by.as_str());
+            // persons, not names: a token counts as its owner
+            let is_own = a.requested_person == approver.person;
             if approved && is_own {
                 return Ok(Err(format!(
                     "{} cannot approve their own request: another person must approve it",
-                    approver.name
+                    approver.person
                 )));
             }
             let needed = op.required_role();
@@ -632,13 +656,22 @@ async fn decide_once(
             // commits the transaction)
             // a requester who lost the role since asking cannot get the
             // change through someone else
-            if let Some((role, _)) = store::users::credentials(tx, &a.requested_by)? {
-                if approved && !role.allows(needed) {
+            if approved {
+                let person_role = store::users::credentials(tx, &a.requested_person)?.map(|c| c.0);
+                if !person_role.is_some_and(|r| r.allows(needed)) {
                     return Ok(Err(format!(
                         "{} no longer has the {} role this change needs; reject the request",
-                        a.requested_by,
+                        a.requested_person,
                         needed.as_str()
                     )));
+                }
+                // a request made with a token stands only while the token does
+                if let Some(token) = &a.requested_token_id {
+                    if !store::tokens::api_token_usable(tx, token)? {
+                        return Ok(Err(format!(
+                            "the API token {token} that made request {id} was revoked or expired; reject the request"
+                        )));
+                    }
                 }
             }
             store::approvals::decide(tx, &approver, &a, approved, &reason)?;

@@ -52,10 +52,18 @@ impl std::str::FromStr for Role {
 /// Who is calling an admin route; recorded in every audit entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Actor {
+    /// As recorded in the audit log: a user's name, `token:NAME (owner
+    /// PERSON)` for an API token (a colon never appears in a user name, so a
+    /// token cannot pass for a user), or `system:...` for the collector.
     pub name: String,
     pub role: Role,
     pub source: String,
     pub user_agent: String,
+    /// The person accountable: the user, or the owner of the API token used.
+    /// Four-eyes compares persons, never display names.
+    pub person: String,
+    /// The API token used, if any.
+    pub token_id: Option<String>,
 }
 
 impl Actor {
@@ -66,8 +74,46 @@ impl Actor {
             role: Role::Admin,
             source: "local".into(),
             user_agent: "opsplane-collector".into(),
+            person: name.into(),
+            token_id: None,
         }
     }
+
+    /// A signed-in user (console).
+    pub fn user(name: &str, role: Role, source: String, user_agent: String) -> Self {
+        Actor {
+            name: name.into(),
+            role,
+            source,
+            user_agent,
+            person: name.into(),
+            token_id: None,
+        }
+    }
+
+    /// A caller holding API token `token_id` named `token_name`, owned by `owner`.
+    pub fn token(
+        token_id: &str,
+        token_name: &str,
+        owner: &str,
+        role: Role,
+        source: String,
+        user_agent: String,
+    ) -> Self {
+        Actor {
+            name: token_actor_name(token_name, owner),
+            role,
+            source,
+            user_agent,
+            person: owner.into(),
+            token_id: Some(token_id.into()),
+        }
+    }
+}
+
+/// How an API token appears as an actor: `token:ci (owner alice)`.
+pub fn token_actor_name(token_name: &str, owner: &str) -> String {
+    format!("token:{token_name} (owner {owner})")
 }
 
 /// Kinds of secret, each with its prefix.
@@ -134,14 +180,20 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Parses `"24h"`-style expiry into milliseconds from now.
+/// Longest expiry of an API or enrollment token.
+pub const MAX_TOKEN_EXPIRY: std::time::Duration =
+    std::time::Duration::from_millis(10 * common::config::YEAR_MS);
+
+/// Parses `"24h"`-style expiry (or `"never"`) into milliseconds since the
+/// epoch, refusing anything longer than [`MAX_TOKEN_EXPIRY`].
 pub fn expiry_ms(expires: Option<&str>) -> Result<Option<i64>, String> {
-    match expires {
+    match expires.map(str::trim) {
         None => Ok(None),
         Some("never") => Ok(None),
         Some(s) => {
-            let d = common::config::parse_duration(s)?;
-            Ok(Some(common::time::now_ms() + d.as_millis() as i64))
+            let d = common::config::parse_duration_max(s, MAX_TOKEN_EXPIRY, "token expiry")?;
+            let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            Ok(Some(common::time::add_ms(common::time::now_ms(), ms)))
         }
     }
 }
@@ -165,6 +217,19 @@ mod tests {
         assert_eq!(&s[5..13], id);
         assert_eq!(hash_secret(&s), hash_secret(&format!("{s}\n")));
         assert_ne!(new_secret(SecretKind::ApiToken).1, s);
+    }
+
+    #[test]
+    fn expiry_is_bounded() {
+        assert_eq!(expiry_ms(None), Ok(None));
+        assert_eq!(expiry_ms(Some("never")), Ok(None));
+        assert!(expiry_ms(Some("10y")).unwrap().is_some());
+        for bad in ["10000y", "9223372036854775s", "11y", "soon"] {
+            assert!(expiry_ms(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(expiry_ms(Some("10000y"))
+            .unwrap_err()
+            .contains("at most 10y"));
     }
 
     #[test]

@@ -377,6 +377,17 @@ fn resolve(src: &ConfigSource, cfg: Config) -> Result<Settings, ConfigErrors> {
             DEFAULT_APPROVAL_EXPIRY,
         ),
     };
+    if !(0..=crate::approvals::MAX_EXPIRE_AFTER.as_millis() as i64)
+        .contains(&approvals.expire_after_ms)
+    {
+        errors.push(src.error(
+            "approvals.expire_after",
+            format!(
+                "at most {}",
+                common::config::humanize(crate::approvals::MAX_EXPIRE_AFTER)
+            ),
+        ));
+    }
     for env in &approvals.protected_environments {
         if crate::store::users::validate_name(env).is_err() {
             errors.push(src.error(

@@ -24,6 +24,7 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 pub fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(crate::admin::readyz))
         .route(wire::PATH_ENROLL, post(enroll))
         .route(wire::PATH_STREAM, get(stream))
         .route(wire::PATH_ACK, post(ack))
@@ -82,7 +83,7 @@ async fn enroll(State(ctx): State<Ctx>, Json(req): Json<EnrollRequest>) -> ApiRe
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "INVALID_ENROLL_TOKEN",
-            "enrollment token unknown, expired or revoked",
+            "enrollment token unknown, expired, revoked or used up",
         ));
     };
     let id = &req.identity;
@@ -97,10 +98,19 @@ async fn enroll(State(ctx): State<Ctx>, Json(req): Json<EnrollRequest>) -> ApiRe
         ));
     }
     let identity = req.identity.clone();
+    // the use is taken in the enrolling transaction: concurrent enrollments
+    // cannot share the last use
     let (agent_id, credential) = ctx
         .store
         .write(move |tx| store::agents::enroll(tx, &token_id, &identity))
-        .await?;
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "INVALID_ENROLL_TOKEN",
+                "enrollment token unknown, expired, revoked or used up",
+            )
+        })?;
     tracing::info!(agent = %agent_id, service = %id.service, environment = %id.environment, instance = %id.instance, "agent enrolled");
     Ok(crate::api::json_response(
         StatusCode::OK,
@@ -124,6 +134,21 @@ async fn stream(
     let agent = authenticate(&ctx, &headers).await?;
     let mut rx = ctx.hub.subscribe(&ctx.store, &agent.environment).await?;
     let guard = ctx.hub.register(&agent.id);
+    // registered first, checked again: a revocation that committed after
+    // the credential check either finds this stream in the hub or is seen here
+    let id = agent.id.clone();
+    if guard.revoked.is_cancelled()
+        || ctx
+            .store
+            .read(move |c| store::agents::is_revoked(c, &id))
+            .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "AGENT_REVOKED",
+            "this agent was revoked",
+        ));
+    }
     let (tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(8);
     let shutdown = ctx.shutdown.clone();
     let agent_id = agent.id.clone();
@@ -151,6 +176,10 @@ async fn stream(
                     let mut l = serde_json::to_vec(&StreamEvent::Revoked).unwrap_or_default();
                     l.push(b'\n');
                     let _ = tx.send(Ok(Bytes::from(l))).await;
+                    break;
+                }
+                _ = guard.replaced.cancelled() => {
+                    tracing::debug!(agent = %agent_id, "stream replaced by a newer one");
                     break;
                 }
                 _ = shutdown.cancelled() => break,

@@ -34,9 +34,15 @@ pub fn init(data_dir: &Path) -> anyhow::Result<Initialised> {
             &hash,
             "collector initialised",
         )?;
+        // the token belongs to the admin it is made for (four-eyes counts
+        // it as that person)
+        let owner = Actor {
+            person: "admin".into(),
+            ..actor.clone()
+        };
         let (_, secret) = store::tokens::create_api_token(
             tx,
-            &actor,
+            &owner,
             "admin",
             Role::Admin,
             None,

@@ -81,9 +81,11 @@ impl Harness {
                 .write(move |tx| {
                     let a = Actor::system("system:test");
                     store::users::add(tx, &a, &user_name(r), r, &hash, "test")?;
+                    // each user's token, owned by that user
+                    let owner = Actor::user(&user_name(r), r, "t".into(), "t".into());
                     let (_, secret) = store::tokens::create_api_token(
                         tx,
-                        &a,
+                        &owner,
                         &format!("t-{}", r.as_str()),
                         r,
                         None,
@@ -247,7 +249,7 @@ impl Harness {
         let st = self.ctx().store.clone();
         st.write(move |tx| {
             let a = Actor::system("system:test");
-            let (t, _) = store::tokens::create_enroll_token(tx, &a, "dev", "web", None)?;
+            let (t, _) = store::tokens::create_enroll_token(tx, &a, "dev", "web", None, 1)?;
             let id = common::wire::AgentIdentity {
                 service: "web".into(),
                 environment: "dev".into(),
@@ -256,7 +258,23 @@ impl Harness {
                 version: "1".into(),
                 labels: Default::default(),
             };
-            Ok(store::agents::enroll(tx, &t.id, &id)?.0)
+            Ok(store::agents::enroll(tx, &t.id, &id)?
+                .expect("a fresh token")
+                .0)
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn new_enroll_token(&self) -> String {
+        let st = self.ctx().store.clone();
+        st.write(move |tx| {
+            let a = Actor::system("system:test");
+            Ok(
+                store::tokens::create_enroll_token(tx, &a, "dev", "web", None, 1)?
+                    .0
+                    .id,
+            )
         })
         .await
         .unwrap()
@@ -294,6 +312,8 @@ fn set_cookie(resp: &reqwest::Response) -> Option<String> {
 /// (Admin-only reads are included: export and the token list.)
 const ROUTES: &[(&str, Role)] = &[
     ("api POST /agents/enroll-tokens", Role::Operator),
+    ("api POST /agents/enroll-tokens/{id}/revoke", Role::Operator),
+    ("api GET /agents/enroll-tokens", Role::Operator),
     ("api POST /agents/{id}/revoke", Role::Operator),
     ("api POST /flags/apply", Role::Operator),
     ("api POST /flags/{key}", Role::Operator),
@@ -340,6 +360,11 @@ async fn call(h: &Harness, route: &str, role: Role, n: usize) -> StatusCode {
     let uname = format!("new-{}-{n}", role.as_str());
     let r = match route {
         "api POST /agents/enroll-tokens" => h.api_post(&tok, "/agents/enroll-tokens", json!({"environment": "dev", "service": "web"})).await,
+        "api POST /agents/enroll-tokens/{id}/revoke" => {
+            let id = h.new_enroll_token().await;
+            h.api_post(&tok, &format!("/agents/enroll-tokens/{id}/revoke"), json!({"reason": "t"})).await
+        }
+        "api GET /agents/enroll-tokens" => h.api(&tok, reqwest::Method::GET, "/agents/enroll-tokens", None).await,
         "api POST /agents/{id}/revoke" => {
             let id = h.new_agent(n).await;
             h.api_post(&tok, &format!("/agents/{id}/revoke"), json!({"reason": "t"})).await
@@ -728,12 +753,7 @@ async fn four_eyes() {
     let st = h.ctx().store.clone();
     let minted = st
         .write(|tx| {
-            let a = Actor {
-                name: "admin".into(),
-                role: Role::Admin,
-                source: "t".into(),
-                user_agent: "t".into(),
-            };
+            let a = Actor::user("admin", Role::Admin, "t".into(), "t".into());
             Ok(store::tokens::create_api_token(tx, &a, "sneaky", Role::Admin, None, "")?.1)
         })
         .await
@@ -904,14 +924,16 @@ async fn four_eyes() {
         .await
         .unwrap();
     let target = format!("approval:{id}");
-    assert!(entries
-        .iter()
-        .any(|e| e.action == "approval.request" && e.target == target && e.actor == "admin"));
+    // (the request came with the init admin's API token: recorded as a
+    // token, with the person behind it)
+    assert!(entries.iter().any(|e| e.action == "approval.request"
+        && e.target == target
+        && e.actor == "token:admin (owner admin)"));
     assert!(entries
         .iter()
         .any(|e| e.action == "approval.approve" && e.target == target && e.actor == "u-operator"));
     assert!(entries.iter().any(|e| e.action == "flags.set"
-        && e.actor == "admin"
+        && e.actor == "token:admin (owner admin)"
         && e.reason.contains("approved by u-operator")));
 
     // the console requester sees no approve button on their own request
@@ -1109,12 +1131,16 @@ fn role_matrix_covers_every_post_route() {
         ("src/console/pages.rs", "", "console"),
         ("src/console/login.rs", "", "console"),
     ] {
-        for line in src(file).lines() {
-            let Some(rest) = line.trim().strip_prefix(".route(\"") else {
+        // whitespace collapsed, so a `.route(` that rustfmt wrapped over
+        // several lines is seen too
+        let flat = src(file).split_whitespace().collect::<Vec<_>>().join("");
+        for segment in flat.split(".route(").skip(1) {
+            let Some(rest) = segment.strip_prefix('"') else {
                 continue;
             };
             let path = &rest[..rest.find('"').unwrap()];
-            if line.contains("post(") {
+            let call = &rest[..rest.find(".route(").unwrap_or(rest.len())];
+            if call.contains("post(") {
                 declared.push(format!("{kind} POST {prefix}{path}"));
             }
         }
@@ -1136,4 +1162,448 @@ fn role_matrix_covers_every_post_route() {
         missing.is_empty(),
         "POST routes missing from the role matrix: {missing:?}"
     );
+}
+
+/// A token minted by `owner` (a user) with `role`; returns `(id, secret)`.
+async fn token_of(h: &Harness, owner: &str, name: &str, role: Role) -> (String, String) {
+    let (owner, name) = (owner.to_string(), name.to_string());
+    h.ctx()
+        .store
+        .write(move |tx| {
+            let a = Actor::user(&owner, Role::Admin, "t".into(), "t".into());
+            let (t, secret) = store::tokens::create_api_token(tx, &a, &name, role, None, "")?;
+            Ok((t.id, secret))
+        })
+        .await
+        .unwrap()
+}
+
+/// A pending prod flag change requested with `token`; returns its id.
+async fn flag_request_with(h: &Harness, token: &str) -> String {
+    let cur = h
+        .ctx()
+        .store
+        .read(|c| store::flags::latest(c, "prod"))
+        .await
+        .unwrap()
+        .unwrap()
+        .flags["flags"]["f1"]["state"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let next = if cur == "ENABLED" {
+        "DISABLED"
+    } else {
+        "ENABLED"
+    };
+    let r = h
+        .api_post(
+            token,
+            "/flags/f1",
+            json!({"environment": "prod", "state": next, "reason": "via a token"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let v: Value = r.json().await.unwrap();
+    v["approval"]["id"].as_str().unwrap().to_string()
+}
+
+/// Four-eyes compares persons: a request made with an API token belongs to
+/// the token's owner, whatever the token is called, and that person cannot
+/// approve it by session or by any of their tokens. A request whose token
+/// was revoked cannot be approved. Tokens are unmistakable in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_eyes_through_tokens() {
+    let h = Harness::start(15 * 60 * 1000).await;
+    // u-admin mints an operator token named like another user
+    let (_, bob) = token_of(&h, "u-admin", "bob", Role::Operator).await;
+    let id = flag_request_with(&h, &bob).await;
+    let a = h
+        .ctx()
+        .store
+        .read({
+            let id = id.clone();
+            move |c| store::approvals::get(c, &id)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.requested_person, "u-admin");
+    assert_eq!(a.requested_by, "token:bob (owner u-admin)");
+    // the token's owner cannot approve: not in the console...
+    let r = h
+        .console_post(
+            &h.sessions[&Role::Admin],
+            &format!("/console/approvals/{id}/approve"),
+            &[("reason", "mine")],
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "the owner's session");
+    // ...nor with another token of theirs, nor with the requesting token
+    for tok in [h.tokens[&Role::Admin].clone(), bob.clone()] {
+        let r = h
+            .api_post(&tok, &format!("/approvals/{id}/approve"), json!({}))
+            .await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "the owner's token");
+    }
+    // another person can
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Operator],
+            &format!("/approvals/{id}/approve"),
+            json!({"reason": "ok"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // a request whose token was revoked cannot be approved any more
+    let (bob2_id, bob2) = token_of(&h, "u-operator", "bob2", Role::Operator).await;
+    let id2 = flag_request_with(&h, &bob2).await;
+    let r = h
+        .api_post(
+            &h.admin_token,
+            &format!("/tokens/{bob2_id}/revoke"),
+            json!({"reason": "leaked"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Admin],
+            &format!("/approvals/{id2}/approve"),
+            json!({"reason": "ok"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(r.text().await.unwrap().contains("revoked"));
+    // rejecting it still works
+    let r = h
+        .api_post(
+            &h.tokens[&Role::Admin],
+            &format!("/approvals/{id2}/reject"),
+            json!({"reason": "token revoked"}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    // the audit log names the token and its owner, never "bob" alone
+    let entries = h
+        .ctx()
+        .store
+        .read(|c| store::audit::list(c, &store::audit::Filter::default()))
+        .await
+        .unwrap();
+    assert!(entries.iter().all(|e| e.actor != "bob"));
+    assert!(entries.iter().any(|e| e.action == "approval.request"
+        && e.target == format!("approval:{id}")
+        && e.actor == "token:bob (owner u-admin)"));
+    // filtering by a person finds what their tokens did
+    let mine = h
+        .ctx()
+        .store
+        .read(|c| {
+            store::audit::list(
+                c,
+                &store::audit::Filter {
+                    actor: Some("u-admin".into()),
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+    assert!(mine
+        .iter()
+        .any(|e| e.actor == "token:bob (owner u-admin)" && e.action == "approval.request"));
+    assert!(h.ctx().store.read(store::audit::verify).await.unwrap().ok);
+    h.stop().await;
+}
+
+/// A clock the test moves by hand (the login throttle's time).
+struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl collector::console::Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// 40 simultaneous wrong passwords: each attempt is counted before its
+/// password is hashed, so at most the account's budget is hashed (and
+/// audited as failed) and the rest are refused at once with Retry-After;
+/// the right password is refused during the lock, accepted after it; the
+/// lock backs off exponentially; a busy address does not lock out users
+/// who did not fail (every user behind a TLS proxy shares one address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_throttle_counts_before_hashing() {
+    use collector::console::login_limits::*;
+    let h = Harness::start(15 * 60 * 1000).await;
+    let clock = std::sync::Arc::new(ManualClock(common::time::now_ms().into()));
+    h.ctx().console.limiter.set_clock(clock.clone());
+    let advance = |ms: i64| {
+        clock.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    };
+    let failed_before = failed_logins(&h).await;
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let (http, base) = (h.http.clone(), h.base.clone());
+        calls.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/console/login"))
+                .form(&[
+                    ("username", "u-viewer"),
+                    ("password", &format!("wrong-{i}")),
+                ])
+                .send()
+                .await
+                .unwrap();
+            let retry = r.headers().get("retry-after").is_some();
+            (r.status(), retry)
+        }));
+    }
+    let mut unauthorized = 0;
+    let mut throttled = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            (StatusCode::UNAUTHORIZED, _) => unauthorized += 1,
+            (StatusCode::TOO_MANY_REQUESTS, true) => throttled += 1,
+            // no hashing slot in time (a loaded test machine): not hashed either
+            (StatusCode::SERVICE_UNAVAILABLE, true) => throttled += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(
+        unauthorized <= MAX_PER_ACCOUNT,
+        "{unauthorized} passwords hashed"
+    );
+    assert_eq!(unauthorized + throttled, 40);
+    assert_eq!(failed_logins(&h).await - failed_before, unauthorized);
+    // locked: the right password is refused too
+    let r = h.login_raw("u-viewer", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: i64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= BASE_LOCK_MS / 1000, "{retry}");
+    // after the lock, one more failure locks again, twice as long
+    advance(BASE_LOCK_MS);
+    assert_eq!(
+        h.login_raw("u-viewer", "still wrong").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    advance(BASE_LOCK_MS);
+    assert_eq!(
+        h.login_raw("u-viewer", PASSWORD).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the second lock lasts twice as long"
+    );
+    advance(BASE_LOCK_MS);
+    assert!(h.login("u-viewer", PASSWORD).await.is_some());
+
+    // many accounts failing from one address (a proxy): a user who did not
+    // fail still signs in
+    for i in 0..MAX_PER_ADDRESS {
+        assert_eq!(
+            h.login_raw(&format!("nobody-{i}"), "guess").await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert!(h.login("u-operator", PASSWORD).await.is_some());
+    h.stop().await;
+}
+
+async fn failed_logins(h: &Harness) -> usize {
+    h.ctx()
+        .store
+        .read(|c| {
+            store::audit::list(
+                c,
+                &store::audit::Filter {
+                    action: Some("auth.login_failed".into()),
+                    limit: Some(100_000),
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+/// The CSRF token changes with the session id: at every login, and when a
+/// role change renews the id (the old token stops working).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csrf_token_rotates_with_the_session_id() {
+    let h = Harness::start(15 * 60 * 1000).await;
+    let a = h.login("u-operator", PASSWORD).await.unwrap();
+    let b = h.login("u-operator", PASSWORD).await.unwrap();
+    assert_ne!(a.csrf, b.csrf, "a new csrf token at every login");
+    // a role change renews the session id, and with it the csrf token
+    h.ctx()
+        .store
+        .write(|tx| {
+            store::users::set_role(
+                tx,
+                &Actor::system("system:test"),
+                "u-operator",
+                Role::Admin,
+                "t",
+            )
+            .map(|_| ())
+        })
+        .await
+        .unwrap();
+    let r = h
+        .http
+        .get(format!("{}/console/", h.base))
+        .header("cookie", format!("opsplane_session={}", a.cookie))
+        .send()
+        .await
+        .unwrap();
+    let renewed = set_cookie(&r).expect("a renewed session cookie");
+    let new_csrf = h.csrf(&renewed).await;
+    assert_ne!(new_csrf, a.csrf, "the csrf token is renewed with the id");
+    let old = Sess {
+        cookie: renewed.clone(),
+        csrf: a.csrf.clone(),
+    };
+    let fields = [("env", "dev"), ("name", "ks1"), ("reason", "t")];
+    let r = h
+        .console_post(&old, "/console/killswitches/kill", &fields)
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "the old csrf token is refused"
+    );
+    let new = Sess {
+        cookie: renewed,
+        csrf: new_csrf,
+    };
+    let r = h
+        .console_post(&new, "/console/killswitches/kill", &fields)
+        .await;
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    h.stop().await;
+}
+
+/// When the database cannot be written (here SQLite's own "database or
+/// disk is full"), writes answer 500 and `/readyz` on the admin and ingest
+/// listeners answers 503 with the reason, while `/healthz` stays 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_tells_when_the_store_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let init = collector::init::init(dir.path()).unwrap();
+    let running = collector::start(settings(dir.path(), 60_000, 8 * 3600 * 1000))
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let admin = format!("http://{}", running.admin_addr);
+    let ingest = format!("http://{}", running.ingest_addr);
+    for base in [&admin, &ingest] {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // no page may be added to the database any more
+    running
+        .ctx
+        .store
+        .write(|tx| {
+            let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            tx.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let mut refused = false;
+    for i in 0..200 {
+        let r = http
+            .post(format!("{admin}/api/v1/killswitches"))
+            .bearer_auth(&init.admin_token)
+            .json(&json!({"name": format!("s{i}"), "description": "x".repeat(4000)}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::INTERNAL_SERVER_ERROR {
+            refused = true;
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    assert!(refused, "a full database refuses writes");
+    for base in [&admin, &ingest] {
+        let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let v: Value = r.json().await.unwrap();
+        let reason = v["reason"].as_str().unwrap();
+        assert!(reason.contains("full"), "{reason}");
+        let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    running.shutdown.cancel();
+    running.wait().await.unwrap();
+}
+
+/// One agent credential holds at most `MAX_STREAMS_PER_AGENT` streams: a
+/// new stream closes the oldest (over real HTTP on the ingest listener).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_per_agent_are_capped() {
+    use futures_util::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    collector::init::init(dir.path()).unwrap();
+    let running = collector::start(settings(dir.path(), 60_000, 8 * 3600 * 1000))
+        .await
+        .unwrap();
+    let (agent_id, credential) = running
+        .ctx
+        .store
+        .write(|tx| {
+            let a = Actor::system("system:test");
+            let (t, _) = store::tokens::create_enroll_token(tx, &a, "dev", "web", None, 1)?;
+            let id = common::wire::AgentIdentity {
+                service: "web".into(),
+                environment: "dev".into(),
+                instance: "w".into(),
+                host: "h".into(),
+                version: "1".into(),
+                labels: Default::default(),
+            };
+            Ok(store::agents::enroll(tx, &t.id, &id)?.expect("fresh token"))
+        })
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v1/agent/stream", running.ingest_addr);
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let r = http
+            .get(&url)
+            .bearer_auth(&credential)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let mut body = r.bytes_stream();
+        // the first line (the current revision) arrives at once
+        body.next().await.unwrap().unwrap();
+        streams.push(body);
+    }
+    let cap = collector::hub::MAX_STREAMS_PER_AGENT;
+    assert_eq!(running.ctx.hub.stream_count(&agent_id), cap);
+    // the oldest streams were closed by the server
+    for s in streams.iter_mut().take(5 - cap) {
+        let end = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while let Some(chunk) = s.next().await {
+                if chunk.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "a replaced stream ends");
+    }
+    running.shutdown.cancel();
+    running.wait().await.unwrap();
 }

@@ -185,6 +185,50 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("invalid duration {s:?}: {e} (use e.g. \"30s\", \"5m\", \"7d\")"))
 }
 
+/// Parses a duration and refuses one longer than `max` (`what` names the
+/// limit in the message, e.g. "token expiry"): user-supplied durations are
+/// always bounded, so no later arithmetic or formatting can overflow.
+pub fn parse_duration_max(s: &str, max: Duration, what: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d > max {
+        return Err(format!(
+            "{what} {:?} is too long: at most {}",
+            s.trim(),
+            humanize(max)
+        ));
+    }
+    Ok(d)
+}
+
+/// One year as humantime parses `"1y"` (365.25 days), in milliseconds.
+pub const YEAR_MS: u64 = 31_557_600_000;
+
+/// `"10y"`, `"30d"`, `"1h30m"`: the largest units that divide `d` exactly
+/// (humantime's own formatting prints every unit down to nanoseconds).
+pub fn humanize(d: Duration) -> String {
+    const UNITS: [(u64, &str); 6] = [
+        // humantime's year: 365.25 days
+        (YEAR_MS, "y"),
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+        (1, "ms"),
+    ];
+    let mut ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return "0s".into();
+    }
+    let mut out = String::new();
+    for (unit, name) in UNITS {
+        if ms >= unit {
+            out.push_str(&format!("{}{name}", ms / unit));
+            ms %= unit;
+        }
+    }
+    out
+}
+
 /// Parses `"512"`, `"64KiB"`, `"10MB"`, `"1GiB"` into bytes.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -316,6 +360,16 @@ mod tests {
             Duration::from_secs(7 * 86400)
         );
         assert!(parse_duration("").is_err());
+        let ten_years = Duration::from_millis(10 * YEAR_MS);
+        assert_eq!(
+            parse_duration_max("10y", ten_years, "token expiry").unwrap(),
+            ten_years
+        );
+        let e = parse_duration_max("10000y", ten_years, "token expiry").unwrap_err();
+        assert!(e.contains("at most 10y"), "{e}");
+        let e = parse_duration_max("9223372036854775s", ten_years, "token expiry").unwrap_err();
+        assert!(e.contains("at most 10y"), "{e}");
+        assert_eq!(humanize(Duration::from_secs(90 * 60)), "1h30m");
         assert!(parse_duration("abc").is_err());
         assert_eq!(parse_size("64KiB").unwrap(), 65536);
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);

@@ -272,9 +272,19 @@ impl Collector {
         serde_json::from_str(&self.ok(&a)).expect("json output")
     }
 
-    /// An enrollment token for `env`/`service`.
+    /// An enrollment token for `env`/`service`, good for ten agents
+    /// (tokens are single-use unless created with `--uses`).
     pub fn enroll_token(&self, env: &str, service: &str) -> String {
-        self.json(&["agents", "enroll-token", "--env", env, "--service", service])["token"]
+        self.json(&[
+            "agents",
+            "enroll-token",
+            "--env",
+            env,
+            "--service",
+            service,
+            "--uses",
+            "10",
+        ])["token"]
             .as_str()
             .expect("token")
             .to_string()

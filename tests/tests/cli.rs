@@ -622,3 +622,234 @@ fn admin_and_ingest_refuse_bad_bodies_with_json_errors() {
         .unwrap();
     assert!(m.contains("opsplane_collector_build_info"), "{m}");
 }
+
+/// `audit verify` is total: a wrong column type is reported as the first bad
+/// entry (exit 1, not an HTTP 500), and a fully emptied log is tampering.
+#[test]
+fn audit_verify_names_wrong_types_and_an_emptied_log() {
+    let cases = [
+        (
+            "UPDATE audit SET actor = x'00ff' WHERE seq = 3;",
+            "entry 3 was modified",
+        ),
+        (
+            "UPDATE audit SET ts_ms = 'yesterday' WHERE seq = 2;",
+            "entry 2 was modified",
+        ),
+        ("DELETE FROM audit;", "the log is empty"),
+        (
+            "DELETE FROM audit; DELETE FROM meta WHERE key = 'audit_head';",
+            "the log is empty",
+        ),
+    ];
+    for (sql, expected) in cases {
+        let (code, out) = verify_after_tampering(sql);
+        assert_eq!(code, Some(1), "{sql}: {out}");
+        assert!(
+            out.contains(expected),
+            "{sql}: expected {expected:?} in {out}"
+        );
+    }
+}
+
+/// Far-future and overflowing expiries are refused with the limit named
+/// (opsctl exit 2, the API 400), and the store goes on writing.
+#[test]
+fn far_future_expiries_are_refused_and_the_store_keeps_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collector::start(tmp.path());
+    for expires in ["10000y", "9223372036854775s"] {
+        for args in [
+            vec![
+                "agents",
+                "enroll-token",
+                "--env",
+                "prod",
+                "--service",
+                "web",
+                "--expires",
+                expires,
+            ],
+            vec![
+                "tokens",
+                "create",
+                "--name",
+                "far",
+                "--role",
+                "viewer",
+                "--expires",
+                expires,
+            ],
+        ] {
+            let out = c.opsctl(&args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains("at most 10y"), "{args:?}: {err}");
+        }
+        // the API refuses the same, whoever calls it
+        for (path, body) in [
+            (
+                "/api/v1/agents/enroll-tokens",
+                serde_json::json!({"environment": "prod", "service": "web", "expires": expires}),
+            ),
+            (
+                "/api/v1/tokens",
+                serde_json::json!({"name": "far", "role": "viewer", "expires": expires}),
+            ),
+        ] {
+            let r = http()
+                .post(format!("{}{path}", c.admin_url))
+                .bearer_auth(&c.admin_token)
+                .json(&body)
+                .send()
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 400, "{path} {expires}");
+            assert!(r.text().unwrap().contains("at most 10y"));
+        }
+    }
+    // the longest allowed expiry works, and later writes still do
+    c.ok(&[
+        "agents",
+        "enroll-token",
+        "--env",
+        "prod",
+        "--service",
+        "web",
+        "--expires",
+        "10y",
+    ]);
+    c.ok(&["killswitches", "create", "pay", "--description", "payments"]);
+    c.ok(&[
+        "kill",
+        "pay",
+        "--env",
+        "prod",
+        "--reason",
+        "after the far-future attempt",
+    ]);
+    let r = http()
+        .get(format!("{}/readyz", c.admin_url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http()
+        .get(format!("{}/readyz", c.ingest_url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+fn enroll(c: &Collector, token: &str, instance: &str) -> u16 {
+    http()
+        .post(format!("{}/v1/agent/enroll", c.ingest_url))
+        .json(&serde_json::json!({
+            "token": token,
+            "identity": {"service": "web", "environment": "prod", "instance": instance,
+                         "host": "h", "version": "1", "labels": {}}
+        }))
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Enrollment tokens are single-use unless created with a count, even under
+/// concurrent enrollment; they can be listed and revoked.
+#[test]
+fn enrollment_tokens_are_single_use_countable_and_revocable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collector::start(tmp.path());
+    // single use, with eight agents racing for it
+    let once = c.json(&[
+        "agents",
+        "enroll-token",
+        "--env",
+        "prod",
+        "--service",
+        "web",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let results: Vec<u16> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| {
+                let (c, once) = (&c, &once);
+                s.spawn(move || enroll(c, once, &format!("race-{i}")))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(
+        results.iter().filter(|s| **s == 200).count(),
+        1,
+        "{results:?}"
+    );
+    assert!(
+        results.iter().all(|s| *s == 200 || *s == 401),
+        "{results:?}"
+    );
+    // with a count
+    let v = c.json(&[
+        "agents",
+        "enroll-token",
+        "--env",
+        "prod",
+        "--service",
+        "web",
+        "--uses",
+        "2",
+    ]);
+    let twice = v["token"].as_str().unwrap().to_string();
+    assert_eq!(enroll(&c, &twice, "a"), 200);
+    assert_eq!(enroll(&c, &twice, "b"), 200);
+    assert_eq!(enroll(&c, &twice, "c"), 401);
+    // listed with their uses, and revocable
+    let v = c.json(&[
+        "agents",
+        "enroll-token",
+        "--env",
+        "prod",
+        "--service",
+        "web",
+        "--uses",
+        "5",
+    ]);
+    let (id, spare) = (
+        v["id"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    );
+    let list = c.json(&["agents", "enroll-tokens", "list"]);
+    let row = list["enroll_tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (row["uses"].as_u64(), row["max_uses"].as_u64()),
+        (Some(0), Some(5))
+    );
+    c.ok(&[
+        "agents",
+        "enroll-tokens",
+        "revoke",
+        &id,
+        "--reason",
+        "leaked",
+    ]);
+    assert_eq!(enroll(&c, &spare, "d"), 401);
+    let out = c.opsctl(&["agents", "enroll-tokens", "revoke", &id]);
+    assert_eq!(out.status.code(), Some(1), "revoking twice fails");
+    let audit = c.json(&["audit", "list", "--action", "agent.enroll_token.revoke"]);
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 1);
+    // an operator may, a viewer may not
+    let viewer = c.token("watcher", "viewer");
+    assert_eq!(
+        c.opsctl_as(&viewer, &["agents", "enroll-tokens", "list"])
+            .status
+            .code(),
+        Some(1)
+    );
+}

@@ -190,8 +190,17 @@ fn main() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let (_collector, ingest, _admin, opsctl) = start_collector(tmp.path())?;
     let opsctl = Arc::new(opsctl);
-    let enroll = opsctl.json(&["agents", "enroll-token", "--env", ENV, "--service", "web"])?
-        ["token"]
+    // one token for every agent (tokens are single-use by default)
+    let enroll = opsctl.json(&[
+        "agents",
+        "enroll-token",
+        "--env",
+        ENV,
+        "--service",
+        "web",
+        "--uses",
+        "10000",
+    ])?["token"]
         .as_str()
         .context("enroll token")?
         .to_string();

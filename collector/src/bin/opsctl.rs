@@ -86,15 +86,35 @@ enum AgentsCmd {
         #[arg(long)]
         service: Option<String>,
     },
-    /// Create an enrollment token (printed alone on the last line).
+    /// Create an enrollment token (printed alone on the last line); it
+    /// enrolls one agent unless --uses says more.
     EnrollToken {
         #[arg(long)]
         env: String,
         #[arg(long)]
         service: String,
+        /// at most 10y
         #[arg(long, default_value = "24h")]
         expires: String,
+        /// How many agents it may enroll (1 to 10000).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        uses: u32,
     },
+    /// Enrollment tokens: list them, revoke one.
+    #[command(subcommand)]
+    EnrollTokens(EnrollTokensCmd),
+    Revoke {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnrollTokensCmd {
+    /// Every enrollment token with its uses.
+    List,
+    /// Revoke an enrollment token: no agent enrolls with it any more.
     Revoke {
         id: String,
         #[arg(long, default_value = "")]
@@ -549,17 +569,20 @@ fn agents(c: &Client, cmd: AgentsCmd) -> Out {
             env,
             service,
             expires,
+            uses,
         } => {
+            collector::auth::expiry_ms(Some(&expires)).map_err(Failure::Usage)?;
             let v = c.post(
                 "/agents/enroll-tokens",
-                json!({"environment": env, "service": service, "expires": expires}),
+                json!({"environment": env, "service": service, "expires": expires, "uses": uses}),
             )?;
             c.show(&v, |v| {
                 println!(
-                    "enrollment token for service {} in {} (expires {}):",
+                    "enrollment token for service {} in {} (expires {}, enrolls {} agent(s)):",
                     s(&v["service"]),
                     s(&v["environment"]),
-                    s(&v["expires"])
+                    s(&v["expires"]),
+                    s(&v["uses"])
                 );
                 println!("{}", s(&v["token"]));
             });
@@ -570,6 +593,37 @@ fn agents(c: &Client, cmd: AgentsCmd) -> Out {
                 json!({"reason": reason}),
             )?;
             c.show(&v, |_| println!("agent {id} revoked"));
+        }
+        AgentsCmd::EnrollTokens(EnrollTokensCmd::List) => {
+            let v = c.get("/agents/enroll-tokens")?;
+            c.show(&v, |v| {
+                println!(
+                    "{:<10} {:<10} {:<12} {:<7} {:<24} {:<24} REVOKED",
+                    "ID", "ENV", "SERVICE", "USES", "EXPIRES", "CREATED"
+                );
+                for t in v["enroll_tokens"].as_array().into_iter().flatten() {
+                    let max = t["max_uses"]
+                        .as_u64()
+                        .map_or("∞".to_string(), |m| m.to_string());
+                    println!(
+                        "{:<10} {:<10} {:<12} {:<7} {:<24} {:<24} {}",
+                        s(&t["id"]),
+                        s(&t["environment"]),
+                        s(&t["service"]),
+                        format!("{}/{max}", s(&t["uses"])),
+                        s(&t["expires"]),
+                        s(&t["created"]),
+                        s(&t["revoked"])
+                    );
+                }
+            });
+        }
+        AgentsCmd::EnrollTokens(EnrollTokensCmd::Revoke { id, reason }) => {
+            let v = c.post(
+                &format!("/agents/enroll-tokens/{}/revoke", q(&id)),
+                json!({"reason": reason}),
+            )?;
+            c.show(&v, |_| println!("enrollment token {id} revoked"));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -881,6 +935,7 @@ fn tokens(c: &Client, cmd: TokensCmd) -> Out {
             expires,
             reason,
         } => {
+            collector::auth::expiry_ms(expires.as_deref()).map_err(Failure::Usage)?;
             let v = c.post(
                 "/tokens",
                 json!({"name": name, "role": role, "expires": expires, "reason": reason}),

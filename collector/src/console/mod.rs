@@ -26,7 +26,15 @@ use axum::routing::get;
 use axum::Router;
 use std::net::SocketAddr;
 
-pub use login::Limiter;
+pub use login::{Clock, Limiter, SystemClock, Throttled};
+
+/// The login throttle's limits (tests and docs refer to them).
+pub mod login_limits {
+    pub use super::login::{
+        BASE_LOCK_MS, MAX_CONCURRENT_HASHES, MAX_LOCK_MS, MAX_PER_ACCOUNT, MAX_PER_ADDRESS,
+        WINDOW_MS,
+    };
+}
 
 pub const COOKIE: &str = "opsplane_session";
 /// Body limit of console forms; flag definitions get [`crate::api::MAX_DEFINITION_BYTES`].
@@ -238,6 +246,16 @@ fn is_public(path: &str) -> bool {
         || path.starts_with("/console/static/")
 }
 
+/// A session as loaded for one request.
+struct Loaded {
+    session: Session,
+    /// The cookie of a renewed session id.
+    renewed_cookie: Option<String>,
+    /// The CSRF token replaced by this very request's renewal: accepted for
+    /// this request only (its form was rendered before the renewal).
+    replaced_csrf: Option<String>,
+}
+
 /// Looks the session up and applies the timeouts; renews the id when the
 /// user's role changed since it was issued. Returns the new cookie if so.
 async fn load_session(
@@ -246,7 +264,7 @@ async fn load_session(
     source: String,
     user_agent: String,
     live: bool,
-) -> Result<Option<(Session, Option<String>)>, store::StoreError> {
+) -> Result<Option<Loaded>, store::StoreError> {
     let mut id_hash = hash_secret(sid);
     let h = id_hash.clone();
     let Some(row) = ctx
@@ -267,18 +285,28 @@ async fn load_session(
         return Ok(None);
     }
     let mut cookie = None;
+    let mut csrf = row.csrf.clone();
+    let mut replaced_csrf = None;
     if row.role != row.issued_role {
+        // a new id and a new CSRF token: forms of the old session stop working
         let (_, new_id) = new_secret(SecretKind::Session);
+        let (_, new_csrf) = new_secret(SecretKind::Session);
         let new_hash = hash_secret(&new_id);
-        let (old, nh, role) = (id_hash.clone(), new_hash.clone(), row.role);
+        let (old, nh, nc, role) = (
+            id_hash.clone(),
+            new_hash.clone(),
+            new_csrf.clone(),
+            row.role,
+        );
         if ctx
             .store
-            .write(move |tx| store::sessions::rotate(tx, &old, &nh, role, now))
+            .write(move |tx| store::sessions::rotate(tx, &old, &nh, &nc, role, now))
             .await?
         {
-            tracing::info!(user = %row.user, role = role.as_str(), "role changed; session id renewed");
+            tracing::info!(user = %row.user, role = role.as_str(), "role changed; session id and csrf token renewed");
             cookie = Some(session_cookie(st, &new_id));
             id_hash = new_hash;
+            replaced_csrf = Some(std::mem::replace(&mut csrf, new_csrf));
         }
     } else if !live && now - row.last_seen_ms > TOUCH_EVERY_MS {
         let h = id_hash.clone();
@@ -286,19 +314,15 @@ async fn load_session(
             .write(move |tx| store::sessions::touch(tx, &h, now))
             .await?;
     }
-    Ok(Some((
-        Session {
-            actor: Actor {
-                name: row.user,
-                role: row.role,
-                source,
-                user_agent,
-            },
-            csrf: row.csrf,
+    Ok(Some(Loaded {
+        session: Session {
+            actor: Actor::user(&row.user, row.role, source, user_agent),
+            csrf,
             id_hash,
         },
-        cookie,
-    )))
+        renewed_cookie: cookie,
+        replaced_csrf,
+    }))
 }
 
 /// Authentication, CSRF and security headers for every console route.
@@ -333,7 +357,12 @@ async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response
             },
             None => None,
         };
-        let Some((session, renewed)) = loaded else {
+        let Some(Loaded {
+            session,
+            renewed_cookie: renewed,
+            replaced_csrf,
+        }) = loaded
+        else {
             if live {
                 return secure(StatusCode::UNAUTHORIZED.into_response(), None);
             }
@@ -376,7 +405,11 @@ async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response
                 .find(|(k, _)| k == "csrf")
                 .map(|(_, v)| v.as_str())
                 .unwrap_or("");
-            if !constant_time_eq(given.as_bytes(), session.csrf.as_bytes()) {
+            let matches = constant_time_eq(given.as_bytes(), session.csrf.as_bytes())
+                || replaced_csrf
+                    .as_ref()
+                    .is_some_and(|old| constant_time_eq(given.as_bytes(), old.as_bytes()));
+            if !matches {
                 tracing::warn!(user = %session.actor.name, path = %path, "console post without a valid csrf token refused");
                 return secure(forbidden_csrf("the form's security token is missing or wrong; reload the page and try again"), set_cookie);
             }

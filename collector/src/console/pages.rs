@@ -1145,7 +1145,7 @@ async fn approvals_page(
         @if pending.is_empty() { p.muted { "Nothing is waiting for approval." } }
         @for a in &pending {
             @let needed = serde_json::from_value::<Op>(a.payload.clone()).map(|o| o.required_role()).unwrap_or(Role::Admin);
-            @let own = a.requested_by == s.actor.name;
+            @let own = a.requested_person == s.actor.person;
             div.card.approval id={ "approval-" (a.id) } {
                 h2 { code { (a.action) } " " (a.target) }
                 p { "Requested by " strong { (a.requested_by) } " (" (a.requested_role) ") " (time(a.created_ms, now))
@@ -1208,7 +1208,7 @@ async fn approval_approve(
     Form(f): Form<ReasonForm>,
 ) -> PageResult {
     let actor = s.require(Role::Operator)?.clone();
-    let d = approvals::approve(&ctx, &actor, None, &id, &f.reason).await?;
+    let d = approvals::approve(&ctx, &actor, &id, &f.reason).await?;
     Ok(decided(&id, d))
 }
 
@@ -1533,8 +1533,8 @@ async fn policy_set(
 ) -> PageResult {
     let actor = s.require(Role::Admin)?.clone();
     require_reason(&f.reason)?;
-    let expire =
-        common::config::parse_duration(f.expire_after.trim()).map_err(PageError::bad_request)?;
+    let expire_after_ms =
+        approvals::parse_expire_after(f.expire_after.trim()).map_err(PageError::bad_request)?;
     let mut envs: Vec<String> = f
         .protected_environments
         .split(',')
@@ -1546,7 +1546,7 @@ async fn policy_set(
     let policy = approvals::Policy {
         protected_environments: envs,
         grant_roles: f.grant_roles.is_some(),
-        expire_after_ms: expire.as_millis() as i64,
+        expire_after_ms,
     };
     let out = approvals::set_policy(&ctx, &actor, policy, &f.reason).await?;
     submitted(&ctx, &s, out, "/console/users?done=policy").await

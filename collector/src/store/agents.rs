@@ -35,11 +35,16 @@ pub struct AgentAuth {
     pub revoked: bool,
 }
 
+/// Enrolls an agent with enrollment token `token_id`, taking one of its
+/// uses; `None` when the token is revoked, expired or used up by now.
 pub fn enroll(
     tx: &Transaction<'_>,
     token_id: &str,
     identity: &AgentIdentity,
-) -> Result<(String, String)> {
+) -> Result<Option<(String, String)>> {
+    if !super::tokens::consume_enroll_token(tx, token_id)? {
+        return Ok(None);
+    }
     let (id_part, credential) = new_secret(SecretKind::AgentCredential);
     let now = common::time::now_ms();
     let agent_id = format!("agt_{id_part}");
@@ -60,11 +65,17 @@ pub fn enroll(
             token_id
         ],
     )?;
-    tx.execute(
-        "UPDATE enroll_tokens SET uses = uses + 1 WHERE id = ?1",
-        [token_id],
-    )?;
-    Ok((agent_id, credential))
+    Ok(Some((agent_id, credential)))
+}
+
+/// Whether agent `id` is revoked (true also when it is unknown).
+pub fn is_revoked(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT revoked_ms FROM agents WHERE id = ?1", [id], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .optional()?
+        .is_none_or(|revoked| revoked.is_some()))
 }
 
 pub fn authenticate(conn: &Connection, credential: &str) -> Result<Option<AgentAuth>> {

@@ -19,7 +19,13 @@ pub struct Approval {
     pub payload: Value,
     pub diff: Value,
     pub reason: String,
+    /// The requester as recorded (a user, or `token:NAME (owner PERSON)`).
     pub requested_by: String,
+    /// The person behind the request: nobody approves their own.
+    pub requested_person: String,
+    /// The API token the request came with, if any: revoking it withdraws
+    /// the request's standing.
+    pub requested_token_id: Option<String>,
     pub requested_role: String,
     #[serde(skip)]
     pub requested_source: String,
@@ -47,12 +53,15 @@ impl Approval {
                 .unwrap_or(crate::auth::Role::Viewer),
             source: self.requested_source.clone(),
             user_agent: self.requested_user_agent.clone(),
+            person: self.requested_person.clone(),
+            token_id: self.requested_token_id.clone(),
         }
     }
 }
 
 const COLUMNS: &str = "id, action, target, payload, diff, reason, requested_by, requested_role,
-    requested_source, requested_user_agent, created_ms, expires_ms, state, decided_by, decided_ms, decision_reason";
+    requested_source, requested_user_agent, created_ms, expires_ms, state, decided_by, decided_ms, decision_reason,
+    requested_person, requested_token_id";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
     let payload: String = r.get(3)?;
@@ -79,6 +88,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Approval> {
         decided_by: r.get(13)?,
         decided: decided_ms.map(common::time::rfc3339),
         decision_reason: r.get(15)?,
+        requested_person: r.get(16)?,
+        requested_token_id: r.get(17)?,
     })
 }
 
@@ -99,8 +110,9 @@ pub fn create(
     let now = common::time::now_ms();
     tx.execute(
         "INSERT INTO approvals (id, action, target, payload, diff, reason, requested_by, requested_role,
-                                requested_source, requested_user_agent, created_ms, expires_ms, state)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending')",
+                                requested_source, requested_user_agent, created_ms, expires_ms, state,
+                                requested_person, requested_token_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'pending', ?13, ?14)",
         params![
             id,
             action,
@@ -113,7 +125,9 @@ pub fn create(
             actor.source,
             actor.user_agent,
             now,
-            expires_ms
+            expires_ms,
+            actor.person,
+            actor.token_id
         ],
     )?;
     audit::append(

@@ -5,7 +5,7 @@
 //! off the end is caught too (unless the head is rewritten as well: keep
 //! exports elsewhere for that; see ARCHITECTURE.md).
 
-use super::{schema, Result};
+use super::{schema, OptionalExtension, Result};
 use crate::auth::Actor;
 use rusqlite::{params, Connection, Transaction};
 use serde::{Deserialize, Serialize};
@@ -196,8 +196,14 @@ pub fn list(conn: &Connection, f: &Filter) -> Result<Vec<AuditEntry>> {
         args.push(Box::new(u));
     }
     if let Some(a) = &f.actor {
-        sql.push_str(" AND actor = ?");
-        args.push(Box::new(a.clone()));
+        // a person's own entries and those of their API tokens
+        // (`token:NAME (owner PERSON)`)
+        sql.push_str(
+            " AND (actor = ? OR (actor LIKE 'token:%' AND substr(actor, -(length(?) + 9)) = ' (owner ' || ? || ')'))",
+        );
+        for _ in 0..3 {
+            args.push(Box::new(a.clone()));
+        }
     }
     if let Some(a) = &f.action {
         sql.push_str(" AND action = ?");
@@ -235,17 +241,101 @@ pub struct VerifyReport {
     pub head_hash: String,
 }
 
-/// Walks the chain from the start; reports the first entry that does not fit.
+/// Reads an entry without trusting the stored types: a column holding the
+/// wrong type (tampering) is a problem to report, not a database error.
+fn raw_entry(r: &rusqlite::Row<'_>) -> std::result::Result<AuditEntry, String> {
+    use rusqlite::types::ValueRef;
+    const NAMES: [&str; 12] = [
+        "seq",
+        "ts_ms",
+        "actor",
+        "role",
+        "source",
+        "user_agent",
+        "action",
+        "target",
+        "reason",
+        "diff",
+        "prev_hash",
+        "hash",
+    ];
+    fn kind(v: &ValueRef<'_>) -> &'static str {
+        match v {
+            ValueRef::Null => "null",
+            ValueRef::Integer(_) => "an integer",
+            ValueRef::Real(_) => "a real number",
+            ValueRef::Text(_) => "text",
+            ValueRef::Blob(_) => "a blob",
+        }
+    }
+    let text = |i: usize| -> std::result::Result<String, String> {
+        match r.get_ref(i).map_err(|e| e.to_string())? {
+            ValueRef::Text(t) => String::from_utf8(t.to_vec())
+                .map_err(|_| format!("its {} is not valid text", NAMES[i])),
+            other => Err(format!(
+                "its {} holds {} instead of text",
+                NAMES[i],
+                kind(&other)
+            )),
+        }
+    };
+    let int = |i: usize| -> std::result::Result<i64, String> {
+        match r.get_ref(i).map_err(|e| e.to_string())? {
+            ValueRef::Integer(n) => Ok(n),
+            other => Err(format!(
+                "its {} holds {} instead of an integer",
+                NAMES[i],
+                kind(&other)
+            )),
+        }
+    };
+    let ts_ms = int(1)?;
+    let diff = text(9)?;
+    Ok(AuditEntry {
+        seq: int(0)?,
+        ts_ms,
+        time: String::new(),
+        actor: text(2)?,
+        role: text(3)?,
+        source: text(4)?,
+        user_agent: text(5)?,
+        action: text(6)?,
+        target: text(7)?,
+        reason: text(8)?,
+        diff: serde_json::from_str(&diff).unwrap_or(Value::String(diff)),
+        prev_hash: text(10)?,
+        hash: text(11)?,
+    })
+}
+
+/// Walks the chain from the start; reports the first entry that does not
+/// fit. Total: whatever was done to the table (edited values, wrong column
+/// types, deleted rows, an emptied log) is a report, never an error. The
+/// first entry of an initialised collector's log is init's, so an empty log
+/// is tampering too.
 pub fn verify(conn: &Connection) -> Result<VerifyReport> {
     let mut expected_seq = 1i64;
     let mut prev = GENESIS.to_string();
     let mut bad: Option<(i64, String)> = None;
     let mut count = 0i64;
-    for_each(conn, |e| {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq ASC"))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
         count += 1;
         if bad.is_some() {
-            return Ok(());
+            continue;
         }
+        let e = match raw_entry(r) {
+            Ok(e) => e,
+            Err(problem) => {
+                let seq = match r.get_ref(0) {
+                    Ok(rusqlite::types::ValueRef::Integer(n)) => n,
+                    _ => expected_seq,
+                };
+                bad = Some((seq, format!("entry {seq} was modified: {problem}")));
+                continue;
+            }
+        };
         if e.seq != expected_seq {
             bad = Some((
                 expected_seq.min(e.seq),
@@ -258,7 +348,7 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport> {
                     format!("entry {} is out of order", e.seq)
                 },
             ));
-            return Ok(());
+            continue;
         }
         if e.prev_hash != prev {
             bad = Some((
@@ -269,7 +359,7 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport> {
                     e.seq - 1
                 ),
             ));
-            return Ok(());
+            continue;
         }
         if entry_hash(&prev, &e) != e.hash {
             bad = Some((
@@ -279,19 +369,32 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport> {
                     e.seq
                 ),
             ));
-            return Ok(());
+            continue;
         }
         prev = e.hash.clone();
         expected_seq += 1;
-        Ok(())
-    })?;
+    }
+    if bad.is_none() && count == 0 {
+        bad = Some((
+            1,
+            "the log is empty, but it begins with the init entry: every entry was deleted".into(),
+        ));
+    }
     if bad.is_none() {
-        let head = schema::meta_get(conn, "audit_head")?;
+        let head: Option<std::result::Result<String, ()>> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'audit_head'", [], |r| {
+                Ok(match r.get_ref(0)? {
+                    rusqlite::types::ValueRef::Text(t) => {
+                        String::from_utf8(t.to_vec()).map_err(|_| ())
+                    }
+                    _ => Err(()),
+                })
+            })
+            .optional()?;
         let want = format!("{}:{}", expected_seq - 1, prev);
         match head {
-            Some(h) if h == want => {}
-            None if count == 0 => {}
-            Some(h) => {
+            Some(Ok(h)) if h == want => {}
+            Some(Ok(h)) => {
                 let head_seq = h
                     .split(':')
                     .next()
@@ -301,6 +404,12 @@ pub fn verify(conn: &Connection) -> Result<VerifyReport> {
                     expected_seq,
                     format!("the log ends at entry {} but its recorded head is {} (entries removed from the end?)", expected_seq - 1, head_seq),
                 ));
+            }
+            Some(Err(())) => {
+                bad = Some((
+                    expected_seq,
+                    "the recorded head of the log was modified".into(),
+                ))
             }
             None => bad = Some((1, "the recorded head of the log is missing".into())),
         }

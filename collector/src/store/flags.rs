@@ -541,12 +541,7 @@ mod tests {
     use crate::auth::Role;
 
     fn actor() -> Actor {
-        Actor {
-            name: "tester".into(),
-            role: Role::Admin,
-            source: "test".into(),
-            user_agent: String::new(),
-        }
+        Actor::user("tester", Role::Admin, "test".into(), String::new())
     }
 
     fn def(state: &str) -> Value {

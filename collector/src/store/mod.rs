@@ -4,6 +4,13 @@
 //! small pool of read connections serves queries. Callers on the async runtime
 //! use [`Store::write`] and [`Store::read`], which run the closure off the
 //! executor's worker threads.
+//!
+//! The writer survives a failing job: each job runs under `catch_unwind` (a
+//! panic is a bug, but in debug and test builds it must not take every later
+//! write down with it; release builds abort on panic, so the real defence is
+//! that nothing panics), its caller gets an error and the writer goes on.
+//! [`Store::health`] says whether writes work: it is what `/readyz` answers.
+//! The database files are private (0600, data dir 0700).
 
 pub mod agents;
 pub mod approvals;
@@ -17,6 +24,7 @@ pub mod users;
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -34,13 +42,70 @@ pub enum StoreError {
     Invalid(String),
     #[error("the store is shut down")]
     Closed,
+    #[error("the write failed unexpectedly; see the collector log")]
+    Aborted,
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
+/// What the writer learns from a job: whether the database took the write.
+enum JobOutcome {
+    /// Committed, or refused for a reason that says nothing about the disk.
+    Fine,
+    /// The database could not be written (disk full, read-only, I/O error...).
+    StorageFailed(String),
+    /// A health probe: changes nothing.
+    Probe,
+}
+
+type WriteJob = Box<dyn FnOnce(&mut Connection) -> JobOutcome + Send>;
+
+/// Whether the writer can write; read by `/readyz`.
+#[derive(Default)]
+struct WriterHealth {
+    alive: AtomicBool,
+    /// Why the last write failed, when it failed for a storage reason (or a
+    /// panic); cleared by the next write that works.
+    last_failure: Mutex<Option<String>>,
+}
+
+impl WriterHealth {
+    fn record(&self, outcome: JobOutcome) {
+        let mut last = self.last_failure.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            JobOutcome::Fine => *last = None,
+            JobOutcome::StorageFailed(why) => *last = Some(why),
+            JobOutcome::Probe => {}
+        }
+    }
+}
+
+/// Whether an error means the database cannot be written at all (as
+/// opposed to a refused or conflicting change).
+fn storage_failure<T>(r: &Result<T>) -> JobOutcome {
+    use rusqlite::ErrorCode as C;
+    match r {
+        Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, msg))) => match e.code {
+            C::DiskFull
+            | C::ReadOnly
+            | C::SystemIoFailure
+            | C::CannotOpen
+            | C::DatabaseCorrupt
+            | C::NotADatabase
+            | C::PermissionDenied
+            | C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::OutOfMemory => JobOutcome::StorageFailed(format!(
+                "the database cannot be written: {}",
+                msg.clone().unwrap_or_else(|| e.to_string())
+            )),
+            _ => JobOutcome::Fine,
+        },
+        _ => JobOutcome::Fine,
+    }
+}
 
 /// Handle to the database; cheap to clone.
 #[derive(Clone)]
@@ -53,6 +118,7 @@ struct Inner {
     write_tx: Mutex<Option<mpsc::Sender<WriteJob>>>,
     readers: Mutex<Vec<Connection>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    health: Arc<WriterHealth>,
 }
 
 const MAX_IDLE_READERS: usize = 8;
@@ -78,18 +144,48 @@ fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
 impl Store {
     /// Opens (creating if needed) the database in `data_dir` and migrates it.
     pub fn open(data_dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
+        private_dir(data_dir).map_err(|e| {
             StoreError::Invalid(format!("cannot create {}: {e}", data_dir.display()))
         })?;
         let path = data_dir.join(DB_FILE);
+        private_file(&path)
+            .map_err(|e| StoreError::Invalid(format!("cannot create {}: {e}", path.display())))?;
         let mut conn = open_conn(&path, false)?;
         schema::migrate(&mut conn)?;
+        restrict_db_files(&path);
+        let health = Arc::new(WriterHealth::default());
+        health.alive.store(true, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel::<WriteJob>();
+        let h = health.clone();
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || {
+                /// Marks the writer gone however the loop ends.
+                struct Alive(Arc<WriterHealth>);
+                impl Drop for Alive {
+                    fn drop(&mut self) {
+                        self.0.alive.store(false, Ordering::SeqCst);
+                    }
+                }
+                let _alive = Alive(h.clone());
                 while let Ok(job) = rx.recv() {
-                    job(&mut conn);
+                    let conn_ref = &mut conn;
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                        job(conn_ref)
+                    })) {
+                        Ok(outcome) => h.record(outcome),
+                        Err(_) => {
+                            // the job's transaction rolled back as it unwound;
+                            // its caller sees `StoreError::Aborted`
+                            tracing::error!("a store write panicked; the writer goes on");
+                            if !conn.is_autocommit() {
+                                let _ = conn.execute_batch("ROLLBACK");
+                            }
+                            h.record(JobOutcome::StorageFailed(
+                                "the last write failed unexpectedly (see the collector log)".into(),
+                            ));
+                        }
+                    }
                 }
                 let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
             })
@@ -100,6 +196,7 @@ impl Store {
                 write_tx: Mutex::new(Some(tx)),
                 readers: Mutex::new(Vec::new()),
                 writer_thread: Mutex::new(Some(handle)),
+                health,
             }),
         })
     }
@@ -122,9 +219,62 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel();
         self.submit(Box::new(move |conn: &mut Connection| {
-            let _ = tx.send(run_tx(conn, f));
+            let r = run_tx(conn, f);
+            let outcome = storage_failure(&r);
+            let _ = tx.send(r);
+            outcome
         }))?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        rx.await.map_err(|_| self.lost_job())?
+    }
+
+    /// Why a job's answer never came: it panicked (the writer lives on) or
+    /// the writer is gone.
+    fn lost_job(&self) -> StoreError {
+        if self.inner.health.alive.load(Ordering::SeqCst) {
+            StoreError::Aborted
+        } else {
+            StoreError::Closed
+        }
+    }
+
+    /// `Ok` when writes work: the writer runs, answers within `timeout`, and
+    /// the last write did not fail for a storage reason. `Err` says why not.
+    pub async fn health(&self, timeout: std::time::Duration) -> std::result::Result<(), String> {
+        if !self.inner.health.alive.load(Ordering::SeqCst) {
+            return Err("the store's writer has stopped".into());
+        }
+        let (tx, rx) = oneshot::channel();
+        // a no-op job: proves the writer takes jobs without writing anything
+        if self
+            .submit_raw(Box::new(move |_: &mut Connection| {
+                let _ = tx.send(());
+                JobOutcome::Probe
+            }))
+            .is_err()
+        {
+            return Err("the store is shut down".into());
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            // jobs run in order: every earlier write's outcome is recorded
+            Ok(Ok(())) => {
+                if let Some(why) = self
+                    .inner
+                    .health
+                    .last_failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                {
+                    return Err(why);
+                }
+                Ok(())
+            }
+            Ok(Err(_)) => Err("the store's writer has stopped".into()),
+            Err(_) => Err(format!(
+                "the store's writer did not answer within {} ms",
+                timeout.as_millis()
+            )),
+        }
     }
 
     /// Blocking variant of [`Store::write`] for non-async callers (init, tests).
@@ -135,12 +285,19 @@ impl Store {
     {
         let (tx, rx) = mpsc::channel();
         self.submit(Box::new(move |conn: &mut Connection| {
-            let _ = tx.send(run_tx(conn, f));
+            let r = run_tx(conn, f);
+            let outcome = storage_failure(&r);
+            let _ = tx.send(r);
+            outcome
         }))?;
-        rx.recv().map_err(|_| StoreError::Closed)?
+        rx.recv().map_err(|_| self.lost_job())?
     }
 
     fn submit(&self, job: WriteJob) -> Result<()> {
+        self.submit_raw(job)
+    }
+
+    fn submit_raw(&self, job: WriteJob) -> Result<()> {
         let guard = self
             .inner
             .write_tx
@@ -209,6 +366,64 @@ impl Store {
     }
 }
 
+/// Creates `dir` (and parents) and makes it private (0700) when we created
+/// it or it is open to others (a sticky shared folder such as /tmp is left
+/// alone: chmod-ing it would break the machine; the files inside are private).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        let mode = std::fs::metadata(dir)?.permissions().mode();
+        if mode & 0o077 != 0 && mode & 0o1000 == 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        std::fs::create_dir_all(dir)
+    }
+}
+
+/// Creates the database file as 0600 before SQLite opens it (SQLite gives
+/// the WAL and shared-memory files the database file's mode).
+fn private_file(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+    }
+    Ok(())
+}
+
+/// Makes the database, WAL and shared-memory files 0600 (a database created
+/// by an older version may be world-readable).
+fn restrict_db_files(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for suffix in ["", "-wal", "-shm"] {
+            let p = PathBuf::from(format!("{}{suffix}", path.display()));
+            if p.exists() {
+                if let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                {
+                    tracing::warn!(error = %e, path = %p.display(), "cannot make a database file private");
+                }
+            }
+        }
+    }
+}
+
 fn run_tx<T>(
     conn: &mut Connection,
     f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
@@ -234,3 +449,114 @@ pub fn dry_run<T>(
 
 /// `rusqlite::OptionalExtension` re-exported for the submodules.
 pub(crate) use rusqlite::OptionalExtension;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn count_rows(store: &Store) -> i64 {
+        store
+            .read_blocking(|c| {
+                Ok(c.query_row("SELECT COUNT(*) FROM killswitch_decl", [], |r| r.get(0))?)
+            })
+            .unwrap()
+    }
+
+    fn declare(store: &Store, name: &'static str) -> Result<()> {
+        store.write_blocking(move |tx| {
+            killswitches::declare(tx, &crate::auth::Actor::system("system:test"), name, "d")
+        })
+    }
+
+    #[tokio::test]
+    async fn the_writer_survives_a_panicking_job_and_reports_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let r: Result<()> = store
+            .write(|tx| {
+                killswitches::declare(tx, &crate::auth::Actor::system("t"), "half", "d")?;
+                panic!("a bug in a job");
+            })
+            .await;
+        assert!(matches!(r, Err(StoreError::Aborted)), "{r:?}");
+        // nothing of the panicking job stayed
+        assert_eq!(count_rows(&store), 0);
+        let health = store.health(Duration::from_secs(5)).await;
+        assert!(health.is_err(), "the failed write shows in the health");
+        // the writer goes on, and a write that works clears the health
+        declare(&store, "after").unwrap();
+        store
+            .write(|tx| killswitches::declare(tx, &crate::auth::Actor::system("t"), "again", "d"))
+            .await
+            .unwrap();
+        assert_eq!(count_rows(&store), 2);
+        assert_eq!(store.health(Duration::from_secs(5)).await, Ok(()));
+        store.close();
+        assert!(store.health(Duration::from_secs(5)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_database_shows_in_the_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // SQLite's own "database or disk is full": no page may be added
+        store
+            .write(|tx| {
+                let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                tx.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let mut failed = None;
+        for i in 0..200 {
+            let r = store.write_blocking(move |tx| {
+                killswitches::declare(
+                    tx,
+                    &crate::auth::Actor::system("t"),
+                    &format!("switch-{i}"),
+                    &"x".repeat(2000),
+                )
+            });
+            if let Err(e) = r {
+                failed = Some(e);
+                break;
+            }
+        }
+        let e = failed.expect("the full database refuses a write");
+        assert!(e.to_string().contains("full"), "{e}");
+        let why = store.health(Duration::from_secs(5)).await.unwrap_err();
+        assert!(
+            why.contains("cannot be written") && why.contains("full"),
+            "{why}"
+        );
+        store.close();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let store = Store::open(&data).unwrap();
+        declare(&store, "x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        for f in [DB_FILE, "opsplane.db-wal", "opsplane.db-shm"] {
+            let p = data.join(f);
+            assert!(p.exists(), "{f}");
+            assert_eq!(mode(&p), 0o600, "{f}");
+        }
+        store.close();
+        // an older, world-readable database is made private at open
+        std::fs::set_permissions(data.join(DB_FILE), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = Store::open(&data).unwrap();
+        assert_eq!(mode(&data.join(DB_FILE)), 0o600);
+        assert_eq!(mode(&data), 0o700);
+        store.close();
+    }
+}

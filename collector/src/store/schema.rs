@@ -133,6 +133,25 @@ CREATE TABLE approvals (
 );
 CREATE INDEX approvals_state ON approvals(state, created_ms);
 "#,
+    // 3: the person behind every token and request (four-eyes compares
+    // persons, not names); enrollment tokens with a use count. Existing
+    // tokens are owned by their creator (init's token by the admin it was
+    // made for); existing requests by the owner of the token named as their
+    // requester, else by the user of that name. Existing enrollment tokens
+    // keep unlimited uses (until they expire or are revoked).
+    r#"
+ALTER TABLE api_tokens ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+UPDATE api_tokens SET owner = CASE WHEN created_by = 'system:init' THEN name ELSE created_by END;
+ALTER TABLE approvals ADD COLUMN requested_person TEXT NOT NULL DEFAULT '';
+ALTER TABLE approvals ADD COLUMN requested_token_id TEXT;
+UPDATE approvals SET requested_person = COALESCE(
+    (SELECT t.owner FROM api_tokens t
+     WHERE t.name = approvals.requested_by
+       AND NOT EXISTS (SELECT 1 FROM users u WHERE u.name = approvals.requested_by)
+     ORDER BY t.created_ms LIMIT 1),
+    requested_by);
+ALTER TABLE enroll_tokens ADD COLUMN max_uses INTEGER;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {
@@ -185,4 +204,52 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
         [key, value],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database at schema 2 gets owners for its tokens and persons for its
+    /// requests (init's token belongs to the admin it was made for; a request
+    /// made with a token to the token's owner).
+    #[test]
+    fn migration_3_ties_tokens_and_requests_to_persons() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let tx = conn.transaction().unwrap();
+        tx.execute_batch(MIGRATIONS[0]).unwrap();
+        tx.execute_batch(MIGRATIONS[1]).unwrap();
+        tx.execute_batch(
+            "INSERT INTO meta VALUES ('schema_version', '2');
+             INSERT INTO users (name, role, password_hash, created_ms) VALUES ('admin', 'admin', 'x', 1), ('alice', 'admin', 'x', 1);
+             INSERT INTO api_tokens (id, name, role, hash, created_ms, created_by) VALUES
+                ('t1', 'admin', 'admin', 'h1', 1, 'system:init'),
+                ('t2', 'bob', 'operator', 'h2', 2, 'alice');
+             INSERT INTO approvals (id, action, target, payload, diff, reason, requested_by, requested_role,
+                requested_source, requested_user_agent, created_ms, expires_ms, state) VALUES
+                ('a1', 'flags.set', 'f', '{}', '[]', '', 'bob', 'operator', 's', 'u', 1, 2, 'pending'),
+                ('a2', 'flags.set', 'f', '{}', '[]', '', 'alice', 'admin', 's', 'u', 1, 2, 'pending');",
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        migrate(&mut conn).unwrap();
+        let owner = |id: &str| -> String {
+            conn.query_row("SELECT owner FROM api_tokens WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(owner("t1"), "admin");
+        assert_eq!(owner("t2"), "alice");
+        let person = |id: &str| -> String {
+            conn.query_row(
+                "SELECT requested_person FROM approvals WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        assert_eq!(person("a1"), "alice");
+        assert_eq!(person("a2"), "alice");
+    }
 }

@@ -126,18 +126,20 @@ pub fn touch(tx: &Transaction<'_>, id_hash: &str, now_ms: i64) -> Result<()> {
     Ok(())
 }
 
-/// Replaces the session id (after a role change), keeping the session's
-/// start time so the absolute timeout still counts from the login.
+/// Replaces the session id and its CSRF token (after a role change),
+/// keeping the session's start time so the absolute timeout still counts
+/// from the login.
 pub fn rotate(
     tx: &Transaction<'_>,
     old_hash: &str,
     new_hash: &str,
+    new_csrf: &str,
     role: Role,
     now_ms: i64,
 ) -> Result<bool> {
     let n = tx.execute(
-        "UPDATE sessions SET id_hash = ?2, role = ?3, last_seen_ms = ?4 WHERE id_hash = ?1",
-        params![old_hash, new_hash, role.as_str(), now_ms],
+        "UPDATE sessions SET id_hash = ?2, role = ?3, last_seen_ms = ?4, csrf = ?5 WHERE id_hash = ?1",
+        params![old_hash, new_hash, role.as_str(), now_ms, new_csrf],
     )?;
     Ok(n > 0)
 }

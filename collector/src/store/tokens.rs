@@ -1,5 +1,9 @@
 //! API tokens (for `opsctl` and scripts) and enrollment tokens (for agents).
-//! Only hashes are stored; the secret is returned once at creation.
+//! Only hashes are stored; the secret is returned once at creation. Every
+//! API token has an owner: the person who created it (who asked for it, when
+//! its creation waited for approval), so four-eyes can tell a token's holder
+//! from its name. Enrollment tokens are single-use unless created with a
+//! count, and can be revoked.
 
 use super::audit::{self, NewEntry};
 use super::{OptionalExtension, Result, StoreError};
@@ -15,10 +19,13 @@ pub struct ApiToken {
     pub role: Role,
     pub created: String,
     pub created_by: String,
+    /// The person behind the token.
+    pub owner: String,
     pub expires: Option<String>,
     pub revoked: Option<String>,
 }
 
+/// Creates a token owned by `actor`'s person.
 pub fn create_api_token(
     tx: &Transaction<'_>,
     actor: &Actor,
@@ -57,8 +64,8 @@ pub fn insert_api_token(
     super::users::validate_name(name)?;
     let now = common::time::now_ms();
     tx.execute(
-        "INSERT INTO api_tokens (id, name, role, hash, created_ms, created_by, expires_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO api_tokens (id, name, role, hash, created_ms, created_by, expires_ms, owner)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![
             id,
             name,
@@ -66,7 +73,8 @@ pub fn insert_api_token(
             secret_hash,
             now,
             actor.name,
-            expires_ms
+            expires_ms,
+            actor.person
         ],
     )?;
     let token = ApiToken {
@@ -75,6 +83,7 @@ pub fn insert_api_token(
         role,
         created: common::time::rfc3339(now),
         created_by: actor.name.clone(),
+        owner: actor.person.clone(),
         expires: expires_ms.map(common::time::rfc3339),
         revoked: None,
     };
@@ -86,22 +95,23 @@ pub fn insert_api_token(
             target: format!("token:{id}"),
             reason,
             before: json!(null),
-            after: json!({"id": id, "name": name, "role": role.as_str(), "expires": token.expires}),
+            after: json!({"id": id, "name": name, "role": role.as_str(), "owner": token.owner, "expires": token.expires}),
         },
     )?;
     Ok(token)
 }
 
-/// Who created the API token `secret` (to stop a requester approving their
-/// own four-eyes request with a token they minted themselves).
-pub fn creator_of(conn: &Connection, secret: &str) -> Result<Option<String>> {
+/// Whether API token `id` still works (known, not revoked, not expired).
+pub fn api_token_usable(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn
         .query_row(
-            "SELECT created_by FROM api_tokens WHERE hash = ?1",
-            [hash_secret(secret)],
-            |r| r.get(0),
+            "SELECT 1 FROM api_tokens
+             WHERE id = ?1 AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?2)",
+            params![id, common::time::now_ms()],
+            |_| Ok(()),
         )
-        .optional()?)
+        .optional()?
+        .is_some())
 }
 
 pub fn revoke_api_token(tx: &Transaction<'_>, actor: &Actor, id: &str, reason: &str) -> Result<()> {
@@ -130,7 +140,7 @@ pub fn revoke_api_token(tx: &Transaction<'_>, actor: &Actor, id: &str, reason: &
 
 pub fn list_api_tokens(conn: &Connection) -> Result<Vec<ApiToken>> {
     let mut stmt = conn.prepare(
-        "SELECT id, name, role, created_ms, created_by, expires_ms, revoked_ms FROM api_tokens ORDER BY created_ms",
+        "SELECT id, name, role, created_ms, created_by, expires_ms, revoked_ms, owner FROM api_tokens ORDER BY created_ms",
     )?;
     let rows = stmt.query_map([], |r| {
         let role: String = r.get(2)?;
@@ -140,6 +150,7 @@ pub fn list_api_tokens(conn: &Connection) -> Result<Vec<ApiToken>> {
             role: role.parse().unwrap_or(Role::Viewer),
             created: common::time::rfc3339(r.get(3)?),
             created_by: r.get(4)?,
+            owner: r.get(7)?,
             expires: r.get::<_, Option<i64>>(5)?.map(common::time::rfc3339),
             revoked: r.get::<_, Option<i64>>(6)?.map(common::time::rfc3339),
         })
@@ -147,15 +158,21 @@ pub fn list_api_tokens(conn: &Connection) -> Result<Vec<ApiToken>> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-/// The token's `(id, name, role)` if it is known, not revoked and not expired.
-pub fn authenticate_api_token(
-    conn: &Connection,
-    secret: &str,
-) -> Result<Option<(String, String, Role)>> {
+/// An API token that authenticated a request.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub owner: String,
+}
+
+/// The token if it is known, not revoked and not expired.
+pub fn authenticate_api_token(conn: &Connection, secret: &str) -> Result<Option<TokenAuth>> {
     let now = common::time::now_ms();
     Ok(conn
         .query_row(
-            "SELECT id, name, role FROM api_tokens
+            "SELECT id, name, role, owner FROM api_tokens
              WHERE hash = ?1 AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?2)",
             params![hash_secret(secret), now],
             |r| {
@@ -163,12 +180,23 @@ pub fn authenticate_api_token(
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
                 ))
             },
         )
         .optional()?
-        .and_then(|(id, name, role)| role.parse().ok().map(|role| (id, name, role))))
+        .and_then(|(id, name, role, owner)| {
+            role.parse().ok().map(|role| TokenAuth {
+                id,
+                name,
+                role,
+                owner,
+            })
+        }))
 }
+
+/// Most agents one enrollment token may enroll.
+pub const MAX_ENROLL_USES: u32 = 10_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct EnrollToken {
@@ -176,28 +204,48 @@ pub struct EnrollToken {
     pub environment: String,
     pub service: String,
     pub expires: Option<String>,
+    /// How many agents it may enroll.
+    pub max_uses: Option<u32>,
+    /// How many it enrolled.
+    pub uses: u32,
+    pub created: String,
+    pub created_by: String,
+    pub revoked: Option<String>,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn create_enroll_token(
     tx: &Transaction<'_>,
     actor: &Actor,
     environment: &str,
     service: &str,
     expires_ms: Option<i64>,
+    max_uses: u32,
 ) -> Result<(EnrollToken, String)> {
     super::users::validate_name(environment)?;
     super::users::validate_name(service)?;
+    if max_uses == 0 || max_uses > MAX_ENROLL_USES {
+        return Err(StoreError::Invalid(format!(
+            "an enrollment token enrolls 1 to {MAX_ENROLL_USES} agents, not {max_uses}"
+        )));
+    }
     let (id, secret) = new_secret(SecretKind::EnrollToken);
+    let now = common::time::now_ms();
     tx.execute(
-        "INSERT INTO enroll_tokens (id, hash, environment, service, created_ms, created_by, expires_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![id, hash_secret(&secret), environment, service, common::time::now_ms(), actor.name, expires_ms],
+        "INSERT INTO enroll_tokens (id, hash, environment, service, created_ms, created_by, expires_ms, max_uses)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![id, hash_secret(&secret), environment, service, now, actor.name, expires_ms, max_uses],
     )?;
     let t = EnrollToken {
         id: id.clone(),
         environment: environment.into(),
         service: service.into(),
         expires: expires_ms.map(common::time::rfc3339),
+        max_uses: Some(max_uses),
+        uses: 0,
+        created: common::time::rfc3339(now),
+        created_by: actor.name.clone(),
+        revoked: None,
     };
     audit::append(
         tx,
@@ -207,13 +255,68 @@ pub fn create_enroll_token(
             target: format!("enroll_token:{id}"),
             reason: "",
             before: json!(null),
-            after: serde_json::to_value(&t)?,
+            after: json!({"id": t.id, "environment": t.environment, "service": t.service, "expires": t.expires, "max_uses": max_uses}),
         },
     )?;
     Ok((t, secret))
 }
 
-/// `(id, environment, service)` of a usable enrollment token.
+/// Every enrollment token, newest first.
+pub fn list_enroll_tokens(conn: &Connection) -> Result<Vec<EnrollToken>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, environment, service, expires_ms, max_uses, uses, created_ms, created_by, revoked_ms
+         FROM enroll_tokens ORDER BY created_ms DESC, id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(EnrollToken {
+            id: r.get(0)?,
+            environment: r.get(1)?,
+            service: r.get(2)?,
+            expires: r.get::<_, Option<i64>>(3)?.map(common::time::rfc3339),
+            max_uses: r
+                .get::<_, Option<i64>>(4)?
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            uses: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(u32::MAX),
+            created: common::time::rfc3339(r.get(6)?),
+            created_by: r.get(7)?,
+            revoked: r.get::<_, Option<i64>>(8)?.map(common::time::rfc3339),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn revoke_enroll_token(
+    tx: &Transaction<'_>,
+    actor: &Actor,
+    id: &str,
+    reason: &str,
+) -> Result<()> {
+    let n = tx.execute(
+        "UPDATE enroll_tokens SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+        params![id, common::time::now_ms()],
+    )?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!(
+            "no active enrollment token with id {id:?}"
+        )));
+    }
+    audit::append(
+        tx,
+        NewEntry {
+            actor,
+            action: "agent.enroll_token.revoke",
+            target: format!("enroll_token:{id}"),
+            reason,
+            before: json!({"revoked": false}),
+            after: json!({"revoked": true}),
+        },
+    )?;
+    Ok(())
+}
+
+/// `(id, environment, service)` of a usable enrollment token (not revoked,
+/// not expired, uses left). Enrollment consumes a use with
+/// [`consume_enroll_token`] in its own transaction.
 pub fn find_enroll_token(
     conn: &Connection,
     secret: &str,
@@ -221,9 +324,23 @@ pub fn find_enroll_token(
     Ok(conn
         .query_row(
             "SELECT id, environment, service FROM enroll_tokens
-             WHERE hash = ?1 AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?2)",
+             WHERE hash = ?1 AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?2)
+               AND (max_uses IS NULL OR uses < max_uses)",
             params![hash_secret(secret), common::time::now_ms()],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?)
+}
+
+/// Takes one use of enrollment token `id` inside the enrolling transaction;
+/// false when it is revoked, expired or used up (so two agents racing for
+/// the last use cannot both get it).
+pub fn consume_enroll_token(tx: &Transaction<'_>, id: &str) -> Result<bool> {
+    let n = tx.execute(
+        "UPDATE enroll_tokens SET uses = uses + 1
+         WHERE id = ?1 AND revoked_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?2)
+           AND (max_uses IS NULL OR uses < max_uses)",
+        params![id, common::time::now_ms()],
+    )?;
+    Ok(n == 1)
 }
