@@ -553,14 +553,7 @@ async fn decide(
         } else {
             None
         };
-        let out = decide_once(
-            ctx,
-            approver,
-            id,
-            reason,
-            approved,
-            checked,
-        );
+        let out = decide_once(ctx, approver, id, reason, approved, checked);
         match out.await {
             Err(ApprovalError::Store(e))
                 if store::flags::is_stale(&e) && attempt < MAX_CHECK_ATTEMPTS =>

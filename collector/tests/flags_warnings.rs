@@ -68,8 +68,7 @@ impl Harness {
                 for name in ["alice", "bob"] {
                     store::users::add(tx, &sys, name, Role::Operator, &hash, "test")?;
                 }
-                let alice =
-                    Actor::user("alice", Role::Operator, "test".into(), String::new());
+                let alice = Actor::user("alice", Role::Operator, "test".into(), String::new());
                 let (_, secret) = store::tokens::create_api_token(
                     tx,
                     &alice,
