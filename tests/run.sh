@@ -2,7 +2,8 @@
 # Runs the whole test suite from a fresh clone: installs what the tests need
 # (Node packages for the flagd reference and the browser tests, a Python venv
 # for the OpenFeature SDK test, Debian's Chromium), builds every binary, then
-# runs `cargo test --workspace`. Used as is by .ci/run.
+# runs `cargo fmt --check`, `cargo clippy -D warnings` and `cargo test --workspace`.
+# Used as is by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,9 @@ if [ -x tests/py/setup.sh ]; then
   tests/py/setup.sh
 fi
 
+log "checking the habits (rustfmt, clippy)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 log "building"
 cargo build --workspace --all-targets --locked
 log "testing"
