@@ -434,15 +434,10 @@ pub async fn one_bytes(
 /// The token Edge is started with (client and frontend).
 pub const EDGE_TOKEN: &str = "*:development.benchmark-token";
 
-/// Unleash Edge: `$UNLEASH_EDGE`, else `/work/.tools/unleash-edge/bin/unleash-edge`,
-/// else `unleash-edge` on `PATH`.
+/// Unleash Edge: `$UNLEASH_EDGE`, else `unleash-edge` on `PATH`.
 pub fn find_edge() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("UNLEASH_EDGE") {
         return Ok(PathBuf::from(p));
-    }
-    let tools = PathBuf::from("/work/.tools/unleash-edge/bin/unleash-edge");
-    if tools.exists() {
-        return Ok(tools);
     }
     if let Some(p) = std::env::var_os("PATH")
         .iter()
@@ -453,8 +448,8 @@ pub fn find_edge() -> anyhow::Result<PathBuf> {
         return Ok(p);
     }
     bail!(
-        "Unleash Edge not found. Install it with\n  cargo install unleash-edge --locked --root /work/.tools/unleash-edge\n\
-         or set UNLEASH_EDGE=/path/to/unleash-edge"
+        "Unleash Edge not found. Install it with\n  cargo install unleash-edge --locked --version 20.1.0\n\
+         and put it on PATH, or set UNLEASH_EDGE=/path/to/unleash-edge"
     )
 }
 

@@ -6,7 +6,7 @@
 //!     cargo run --release -p benches --bin ofrep_vs_edge [-- --runs 3 --duration 10 --warmup 2 --conns 32 --flags 5,350]
 //!
 //! Needs `taskset` (util-linux) and Unleash Edge: `$UNLEASH_EDGE`, else
-//! `/work/.tools/unleash-edge/bin/unleash-edge`, else `unleash-edge` on PATH.
+//! `unleash-edge` on PATH.
 //! Install it with `cargo install unleash-edge --locked --root DIR` and set
 //! `UNLEASH_EDGE=DIR/bin/unleash-edge`.
 
