@@ -2,7 +2,9 @@
 //! building the real binaries, pinning to cores, reading a process's RSS and
 //! CPU time from `/proc`, the flag data sets (flagd and Unleash forms of the
 //! same flags) and a closed-loop HTTP/1.1 load generator recording every
-//! latency in an HdrHistogram.
+//! latency in an HdrHistogram. `compare` runs the agent and a peer side by side.
+
+pub mod compare;
 
 use anyhow::{bail, Context};
 use bytes::Bytes;

@@ -14,67 +14,14 @@
 //!
 //! Needs `taskset` (util-linux) and Unleash Edge (see `ofrep_vs_edge`).
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use benches::compare::{alternate, Bench, RunArgs, Samples};
 use benches::*;
 use bytes::Bytes;
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Duration;
 
 const DISTINCT_CONTEXTS: usize = 65_536;
-
-struct Args {
-    runs: usize,
-    duration: Duration,
-    warmup: Duration,
-    conns: usize,
-    flags: Vec<usize>,
-    edge_path: String,
-}
-
-fn args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        runs: 3,
-        duration: Duration::from_secs(10),
-        warmup: Duration::from_secs(2),
-        conns: 32,
-        flags: vec![350],
-        edge_path: "/api/frontend".into(),
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let v = it.next().with_context(|| format!("{k} needs a value"))?;
-        match k.as_str() {
-            "--runs" => a.runs = v.parse()?,
-            "--duration" => a.duration = Duration::from_secs_f64(v.parse()?),
-            "--warmup" => a.warmup = Duration::from_secs_f64(v.parse()?),
-            "--conns" => a.conns = v.parse()?,
-            "--flags" => {
-                a.flags = v
-                    .split(',')
-                    .map(|s| s.trim().parse())
-                    .collect::<Result<_, _>>()?
-            }
-            "--edge-path" => a.edge_path = v,
-            _ => bail!(
-                "unknown argument {k} (known: --runs --duration --warmup --conns --flags --edge-path)"
-            ),
-        }
-    }
-    Ok(a)
-}
-
-#[derive(Default)]
-struct Samples {
-    rps: Vec<f64>,
-    p50: Vec<f64>,
-    p99: Vec<f64>,
-    cpu: Vec<f64>,
-    client_cpu: Vec<f64>,
-    per_core: Vec<f64>,
-    rss_load: Vec<f64>,
-    errors: u64,
-}
 
 struct Row {
     flags: usize,
@@ -154,30 +101,22 @@ fn in_process(n: usize) -> anyhow::Result<()> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let a = args()?;
-    ensure_built(&["agent"])?;
+    let a = RunArgs::parse(&[350], &["--edge-path"])?;
+    let edge_path = a
+        .extra("--edge-path")
+        .unwrap_or("/api/frontend")
+        .to_string();
     for &n in &a.flags {
         in_process(n)?;
     }
-    let edge_bin = find_edge()?;
-    let agent_bin = bin_dir().join("opsplane-agent");
-    pin_self(0)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let tmp = tempfile::tempdir()?;
+    let bench = Bench::new()?;
+    let rt = &bench.rt;
     let mut rows: Vec<Row> = Vec::new();
 
     for &n in &a.flags {
-        let srv = Servers::start(
-            &tmp.path().join(format!("flags-{n}")),
-            n,
-            &agent_bin,
-            &edge_bin,
-            1,
-        )?;
+        let srv = bench.servers(n)?;
         for mix in ["distinct", "repeated"] {
-            let (agent_reqs, edge_reqs) = requests(mix, &a.edge_path)?;
+            let (agent_reqs, edge_reqs) = requests(mix, &edge_path)?;
             // both answer 200 with every flag before we measure
             let sizes = rt.block_on(async {
                 let mut sizes = [0usize; 2];
@@ -214,53 +153,9 @@ fn main() -> anyhow::Result<()> {
                 }
                 anyhow::Ok(sizes)
             })?;
-            let targets = [
-                Arc::new(Target {
-                    addr: srv.agent_addr,
-                    authorization: None,
-                    reqs: agent_reqs,
-                }),
-                Arc::new(Target {
-                    addr: srv.edge_addr,
-                    authorization: Some(EDGE_TOKEN.into()),
-                    reqs: edge_reqs,
-                }),
-            ];
-            let pids = [srv.agent.pid(), srv.edge.pid()];
-            let mut samples = [Samples::default(), Samples::default()];
-            for run in 0..a.runs {
-                let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
-                for i in order {
-                    let r = rt.block_on(run_load(
-                        targets[i].clone(),
-                        a.conns,
-                        a.warmup,
-                        a.duration,
-                        Some(pids[i]),
-                    ))?;
-                    println!(
-                        "  {n:>3} flags {mix:<8} {:<5} run {}: {:>8.0} req/s  p50 {:>9}  p99 {:>9}  server CPU {:>3.0}%  load generator CPU {:>3.0}%  errors {}",
-                        ["agent", "edge"][i],
-                        run + 1,
-                        r.rps(),
-                        fmt_us(r.p50_us()),
-                        fmt_us(r.p99_us()),
-                        r.server_cpu_pct.unwrap_or(f64::NAN),
-                        r.client_cpu_pct.unwrap_or(f64::NAN),
-                        r.errors
-                    );
-                    let s = &mut samples[i];
-                    s.rps.push(r.rps());
-                    s.p50.push(r.p50_us());
-                    s.p99.push(r.p99_us());
-                    s.cpu.push(r.server_cpu_pct.unwrap_or(f64::NAN));
-                    s.client_cpu.push(r.client_cpu_pct.unwrap_or(f64::NAN));
-                    s.per_core
-                        .push(r.rps() / (r.server_cpu_pct.unwrap_or(f64::NAN) / 100.0));
-                    s.rss_load.push(r.server_rss_kib.unwrap_or(0) as f64);
-                    s.errors += r.errors;
-                }
-            }
+            let targets = srv.targets(agent_reqs, edge_reqs);
+            let pids = srv.pids();
+            let samples = alternate(rt, &a, targets, pids, &format!("{n:>3} flags {mix:<8}"))?;
             for (i, s) in samples.into_iter().enumerate() {
                 rows.push(Row {
                     flags: n,
@@ -269,7 +164,7 @@ fn main() -> anyhow::Result<()> {
                     endpoint: if i == 0 {
                         "POST /ofrep/v1/evaluate/flags".into()
                     } else {
-                        format!("POST {}", a.edge_path)
+                        format!("POST {edge_path}")
                     },
                     body_bytes: sizes[i],
                     s,
@@ -279,13 +174,7 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!();
-    println!(
-        "Bulk evaluation over loopback HTTP, medians of {} runs ({} s each after {} s warm-up, {} keep-alive connections; servers on core 1, load on core 0)",
-        a.runs,
-        a.duration.as_secs_f64(),
-        a.warmup.as_secs_f64(),
-        a.conns
-    );
+    println!("{}", a.describe("Bulk evaluation over loopback HTTP"));
     println!(
         "| flags | contexts | server | endpoint | answer bytes | req/s | req per server CPU-second | p50 | p99 | server CPU | load-gen CPU | RSS under load | errors |"
     );
@@ -298,13 +187,13 @@ fn main() -> anyhow::Result<()> {
             r.server,
             r.endpoint,
             r.body_bytes,
-            median(r.s.rps.clone()),
-            median(r.s.per_core.clone()),
-            fmt_us(median(r.s.p50.clone())),
-            fmt_us(median(r.s.p99.clone())),
-            median(r.s.cpu.clone()),
-            median(r.s.client_cpu.clone()),
-            median(r.s.rss_load.clone()) / 1024.0,
+            r.s.rps(),
+            r.s.per_core(),
+            fmt_us(r.s.p50()),
+            fmt_us(r.s.p99()),
+            r.s.cpu(),
+            r.s.client_cpu(),
+            r.s.rss_load_mib(),
             r.s.errors
         );
     }
@@ -313,10 +202,10 @@ fn main() -> anyhow::Result<()> {
     println!("|---:|---|---:|---:|---:|---:|---|");
     for pair in rows.chunks(2) {
         if let [ag, ed] = pair {
-            let rps = median(ag.s.rps.clone()) / median(ed.s.rps.clone());
-            let per_core = median(ag.s.per_core.clone()) / median(ed.s.per_core.clone());
-            let p99 = median(ag.s.p99.clone());
-            let p99_ratio = p99 / median(ed.s.p99.clone());
+            let rps = ag.s.rps() / ed.s.rps();
+            let per_core = ag.s.per_core() / ed.s.per_core();
+            let p99 = ag.s.p99();
+            let p99_ratio = p99 / ed.s.p99();
             let want = if ag.mix == "distinct" { 5.0 } else { 10.0 };
             println!(
                 "| {} | {} | {rps:.2}x | {per_core:.2}x | {} | {p99_ratio:.2}x | >= {want:.0}x: {}; p99 <= 5 ms: {} |",
