@@ -46,6 +46,45 @@ pub enum StoreError {
     Aborted,
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// The file was written by a newer collector: a capability at a version
+    /// this binary does not know, or a capability it does not know at all
+    /// (`known` is `None`). Nothing was changed; the binary exits with 2.
+    #[error("{}", too_new_message(.file, .capability, .found, .known))]
+    TooNew {
+        file: PathBuf,
+        capability: String,
+        found: i64,
+        known: Option<u32>,
+    },
+}
+
+fn too_new_message(file: &Path, capability: &str, found: &i64, known: &Option<u32>) -> String {
+    let knows = match known {
+        Some(k) => format!("knows up to version {k}"),
+        None => "does not know this capability".into(),
+    };
+    format!(
+        "{} was written by a newer collector: {capability} is at version {found}, \
+         this collector ({}) {knows}; run a newer opsplane-collector (the file was left unchanged)",
+        file.display(),
+        common::VERSION
+    )
+}
+
+/// The exit code a binary gives for `e`: 2 for a database newer than the
+/// binary (the operator must act, retrying will not help), else 1.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    let too_new = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<StoreError>(),
+            Some(StoreError::TooNew { .. })
+        )
+    });
+    if too_new {
+        2
+    } else {
+        1
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -142,23 +181,58 @@ fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `data_dir` and migrates it.
+    /// Opens (creating if needed) the main database in `data_dir`, the
+    /// control data of every capability of [`schema::MAIN`], and migrates it.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_file(data_dir, DB_FILE, schema::MAIN, flags::WRITER_THREAD.into())
+    }
+
+    /// Opens (creating if needed) a capability's own database file,
+    /// `<name>.db` in `data_dir`, holding the capabilities of `registry`:
+    /// its own writer thread, readers, WAL and schema versions, so bulk
+    /// writes there never make a write to the main database wait (see
+    /// ARCHITECTURE.md, "Store").
+    pub fn open_aux(data_dir: &Path, name: &str, registry: schema::Registry) -> Result<Self> {
+        let valid = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && format!("{name}.db") != DB_FILE;
+        if !valid {
+            return Err(StoreError::Invalid(format!(
+                "{name:?} cannot name a database file (lowercase letters, digits, _)"
+            )));
+        }
+        Self::open_file(
+            data_dir,
+            &format!("{name}.db"),
+            registry,
+            format!("{}-{name}", flags::WRITER_THREAD),
+        )
+    }
+
+    fn open_file(
+        data_dir: &Path,
+        file: &str,
+        registry: schema::Registry,
+        writer_name: String,
+    ) -> Result<Self> {
         private_dir(data_dir).map_err(|e| {
             StoreError::Invalid(format!("cannot create {}: {e}", data_dir.display()))
         })?;
-        let path = data_dir.join(DB_FILE);
+        let path = data_dir.join(file);
         private_file(&path)
             .map_err(|e| StoreError::Invalid(format!("cannot create {}: {e}", path.display())))?;
         let mut conn = open_conn(&path, false)?;
-        schema::migrate(&mut conn)?;
+        schema::migrate(&mut conn, &path, registry)?;
         restrict_db_files(&path);
         let health = Arc::new(WriterHealth::default());
         health.alive.store(true, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel::<WriteJob>();
         let h = health.clone();
         let handle = std::thread::Builder::new()
-            .name("store-writer".into())
+            .name(writer_name)
             .spawn(move || {
                 /// Marks the writer gone however the loop ends.
                 struct Alive(Arc<WriterHealth>);
