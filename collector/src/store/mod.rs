@@ -11,6 +11,12 @@
 //! that nothing panics), its caller gets an error and the writer goes on.
 //! [`Store::health`] says whether writes work: it is what `/readyz` answers.
 //! The database files are private (0600, data dir 0700).
+//!
+//! A [`Store`] is one database file. [`Store::open`] opens the main file
+//! (`opsplane.db`, the control data); [`Store::open_aux`] opens a
+//! capability's own file (`<name>.db`, bulk data) with its own writer
+//! thread, readers and schema versions, so its writes never queue in front
+//! of the main file's. Schema versions per capability: [`schema`].
 
 pub mod agents;
 pub mod approvals;
