@@ -363,14 +363,15 @@ fn newer_db(dir: &Path, how: Newer) -> (String, i64, Option<u32>) {
     }
 }
 
-/// The file's content, to show a refused open left it alone.
-fn snapshot(
-    dir: &Path,
-) -> (
+/// Schema, versions and global version of a file.
+type Snapshot = (
     Vec<(String, String, String)>,
     Vec<(String, i64)>,
     Option<String>,
-) {
+);
+
+/// The file's content, to show a refused open left it alone.
+fn snapshot(dir: &Path) -> Snapshot {
     let conn = raw(dir);
     let versions = if schema_of(&conn)
         .iter()

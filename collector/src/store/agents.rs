@@ -10,8 +10,9 @@ use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use serde_json::json;
 
-/// The `fleet` capability's migrations: enrolled agents and enrollment tokens (this file, `tokens.rs`). Append only: a
-/// released migration never changes (see ARCHITECTURE.md, "Store").
+/// The `fleet` capability's migrations: enrolled agents and enrollment
+/// tokens (`tokens.rs`). Append only: a released migration never changes
+/// (see ARCHITECTURE.md, "Store").
 pub const MIGRATIONS: &[Migration] = &[
     // 1: enrollment tokens and enrolled agents
     Migration {

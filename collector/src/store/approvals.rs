@@ -11,8 +11,8 @@ use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-/// The `approvals` capability's migrations: the tables of this file. Append only: a
-/// released migration never changes (see ARCHITECTURE.md, "Store").
+/// The `approvals` capability's migrations: four-eyes requests. Append
+/// only: a released migration never changes (see ARCHITECTURE.md, "Store").
 pub const MIGRATIONS: &[Migration] = &[
     // 1: four-eyes requests
     Migration {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The `audit` capability's migrations: the tables of this file. Append only: a
+/// The `audit` capability's migrations: the chained log. Append only: a
 /// released migration never changes (see ARCHITECTURE.md, "Store").
 pub const MIGRATIONS: &[Migration] = &[
     // 1: the hash-chained log

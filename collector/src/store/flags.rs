@@ -23,8 +23,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::cell::Cell;
 
-/// The `flags` capability's migrations: the tables of this file. Append only: a
-/// released migration never changes (see ARCHITECTURE.md, "Store").
+/// The `flags` capability's migrations: revisions. Append only: a released
+/// migration never changes (see ARCHITECTURE.md, "Store").
 pub const MIGRATIONS: &[Migration] = &[
     // 1: revisions
     Migration {

@@ -11,8 +11,9 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 
-/// The `killswitches` capability's migrations: the tables of this file. Append only: a
-/// released migration never changes (see ARCHITECTURE.md, "Store").
+/// The `killswitches` capability's migrations: states and declarations.
+/// Append only: a released migration never changes (see ARCHITECTURE.md,
+/// "Store").
 pub const MIGRATIONS: &[Migration] = &[
     // 1: kill-switch state and central declarations
     Migration {

@@ -21,6 +21,7 @@
 pub mod agents;
 pub mod approvals;
 pub mod audit;
+mod files;
 pub mod flags;
 pub mod killswitches;
 pub mod schema;
@@ -28,6 +29,7 @@ pub mod sessions;
 pub mod tokens;
 pub mod users;
 
+use files::{private_dir, private_file, restrict_db_files};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -443,64 +445,6 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-    }
-}
-
-/// Creates `dir` (and parents) and makes it private (0700) when we created
-/// it or it is open to others (a sticky shared folder such as /tmp is left
-/// alone: chmod-ing it would break the machine; the files inside are private).
-fn private_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-        }
-        let mode = std::fs::metadata(dir)?.permissions().mode();
-        if mode & 0o077 != 0 && mode & 0o1000 == 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        Ok(())
-    }
-    #[cfg(not(unix))]
-    {
-        std::fs::create_dir_all(dir)
-    }
-}
-
-/// Creates the database file as 0600 before SQLite opens it (SQLite gives
-/// the WAL and shared-memory files the database file's mode).
-fn private_file(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
-    }
-    Ok(())
-}
-
-/// Makes the database, WAL and shared-memory files 0600 (a database created
-/// by an older version may be world-readable).
-fn restrict_db_files(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for suffix in ["", "-wal", "-shm"] {
-            let p = PathBuf::from(format!("{}{suffix}", path.display()));
-            if p.exists() {
-                if let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-                {
-                    tracing::warn!(error = %e, path = %p.display(), "cannot make a database file private");
-                }
-            }
-        }
     }
 }
 

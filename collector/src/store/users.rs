@@ -8,8 +8,9 @@ use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use serde_json::json;
 
-/// The `access` capability's migrations: users, API tokens and console sessions (this file, `tokens.rs`, `sessions.rs`). Append only: a
-/// released migration never changes (see ARCHITECTURE.md, "Store").
+/// The `access` capability's migrations: users, API tokens (`tokens.rs`)
+/// and console sessions (`sessions.rs`). Append only: a released migration
+/// never changes (see ARCHITECTURE.md, "Store").
 pub const MIGRATIONS: &[Migration] = &[
     // 1: users and API tokens
     Migration {
