@@ -89,7 +89,7 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("error: {e:#}");
-                ExitCode::from(1)
+                ExitCode::from(collector::store::exit_code(&e))
             }
         },
         Cmd::Run { config, data_dir } => {
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
-                    ExitCode::from(1)
+                    ExitCode::from(collector::store::exit_code(&e))
                 }
             }
         }

@@ -2,12 +2,64 @@
 //! the revision each has applied.
 
 use super::audit::{self, NewEntry};
+use super::schema::Migration;
 use super::{OptionalExtension, Result, StoreError};
 use crate::auth::{hash_secret, new_secret, Actor, SecretKind};
 use common::wire::{AgentIdentity, Heartbeat};
 use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use serde_json::json;
+
+/// The `fleet` capability's migrations: enrolled agents and enrollment
+/// tokens (`tokens.rs`). Append only: a released migration never changes
+/// (see ARCHITECTURE.md, "Store").
+pub const MIGRATIONS: &[Migration] = &[
+    // 1: enrollment tokens and enrolled agents
+    Migration {
+        capability: "fleet",
+        version: 1,
+        sql: r#"
+CREATE TABLE enroll_tokens (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    environment TEXT NOT NULL,
+    service TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER,
+    uses INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE agents (
+    id TEXT PRIMARY KEY,
+    credential_hash TEXT NOT NULL UNIQUE,
+    service TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    host TEXT NOT NULL,
+    version TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '{}',
+    enrolled_ms INTEGER NOT NULL,
+    enroll_token_id TEXT,
+    last_seen_ms INTEGER NOT NULL,
+    applied_revision INTEGER,
+    applied_ms INTEGER,
+    killswitches TEXT NOT NULL DEFAULT '[]',
+    revoked_ms INTEGER
+);
+CREATE INDEX agents_env ON agents(environment, service);
+"#,
+    },
+    // 2: enrollment tokens with a use count (existing ones keep unlimited
+    // uses until they expire or are revoked)
+    Migration {
+        capability: "fleet",
+        version: 2,
+        sql: r#"
+ALTER TABLE enroll_tokens ADD COLUMN max_uses INTEGER;
+"#,
+    },
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentRow {

@@ -4,11 +4,61 @@
 //! transaction. Every step (request, approve, reject, expire) is audited here.
 
 use super::audit::{self, NewEntry};
+use super::schema::Migration;
 use super::{schema, OptionalExtension, Result, StoreError};
 use crate::auth::Actor;
 use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use serde_json::{json, Value};
+
+/// The `approvals` capability's migrations: four-eyes requests. Append
+/// only: a released migration never changes (see ARCHITECTURE.md, "Store").
+pub const MIGRATIONS: &[Migration] = &[
+    // 1: four-eyes requests
+    Migration {
+        capability: "approvals",
+        version: 1,
+        sql: r#"
+CREATE TABLE approvals (
+    id TEXT PRIMARY KEY,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    diff TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    requested_by TEXT NOT NULL,
+    requested_role TEXT NOT NULL,
+    requested_source TEXT NOT NULL,
+    requested_user_agent TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    decided_by TEXT,
+    decided_ms INTEGER,
+    decision_reason TEXT
+);
+CREATE INDEX approvals_state ON approvals(state, created_ms);
+"#,
+    },
+    // 2: the person behind every request (four-eyes compares persons, not
+    // names): the owner of the token named as requester, else the user of
+    // that name. Reads `api_tokens.owner` (access 3): access comes first in
+    // `schema::MAIN`
+    Migration {
+        capability: "approvals",
+        version: 2,
+        sql: r#"
+ALTER TABLE approvals ADD COLUMN requested_person TEXT NOT NULL DEFAULT '';
+ALTER TABLE approvals ADD COLUMN requested_token_id TEXT;
+UPDATE approvals SET requested_person = COALESCE(
+    (SELECT t.owner FROM api_tokens t
+     WHERE t.name = approvals.requested_by
+       AND NOT EXISTS (SELECT 1 FROM users u WHERE u.name = approvals.requested_by)
+     ORDER BY t.created_ms LIMIT 1),
+    requested_by);
+"#,
+    },
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Approval {

@@ -5,12 +5,41 @@
 //! off the end is caught too (unless the head is rewritten as well: keep
 //! exports elsewhere for that; see ARCHITECTURE.md).
 
+use super::schema::Migration;
 use super::{schema, OptionalExtension, Result};
 use crate::auth::Actor;
 use rusqlite::{params, Connection, Transaction};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+/// The `audit` capability's migrations: the chained log. Append only: a
+/// released migration never changes (see ARCHITECTURE.md, "Store").
+pub const MIGRATIONS: &[Migration] = &[
+    // 1: the hash-chained log
+    Migration {
+        capability: "audit",
+        version: 1,
+        sql: r#"
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    ts_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    source TEXT NOT NULL,
+    user_agent TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    diff TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX audit_ts ON audit(ts_ms);
+CREATE INDEX audit_actor ON audit(actor, ts_ms);
+"#,
+    },
+];
 
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

@@ -12,6 +12,7 @@
 //! environment has moved on since, so the caller checks again.
 
 use super::audit::{self, NewEntry};
+use super::schema::Migration;
 use super::{OptionalExtension, Result, Store, StoreError};
 use crate::auth::Actor;
 use common::diff::Change;
@@ -21,6 +22,28 @@ use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::cell::Cell;
+
+/// The `flags` capability's migrations: revisions. Append only: a released
+/// migration never changes (see ARCHITECTURE.md, "Store").
+pub const MIGRATIONS: &[Migration] = &[
+    // 1: revisions
+    Migration {
+        capability: "flags",
+        version: 1,
+        sql: r#"
+CREATE TABLE revisions (
+    revision INTEGER PRIMARY KEY,
+    environment TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    killswitches TEXT NOT NULL
+);
+CREATE INDEX revisions_env ON revisions(environment, revision);
+"#,
+    },
+];
 
 pub fn empty_definition() -> Value {
     json!({"flags": {}})
@@ -217,7 +240,10 @@ async fn off_writer<T: Send + 'static>(
 /// (a 1.2 KB `$ref` chain once held a kill for 13 s), and on an async worker
 /// it stalls every request that worker serves.
 pub fn compile(definition: &Value) -> Result<FlagSet, FlagError> {
-    let on_writer = std::thread::current().name() == Some(WRITER_THREAD);
+    // the main writer, or the writer of a capability's own file
+    let on_writer = std::thread::current()
+        .name()
+        .is_some_and(|n| n.starts_with(WRITER_THREAD));
     if on_writer || !IN_COMPILE_POOL.with(Cell::get) {
         tracing::error!(
             on_writer,

@@ -2,6 +2,7 @@
 //! declarations, and the names agents report they enforce.
 
 use super::audit::{self, NewEntry};
+use super::schema::Migration;
 use super::{flags, Result, StoreError};
 use crate::auth::Actor;
 use common::wire::{KillState, Revision};
@@ -9,6 +10,36 @@ use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
+
+/// The `killswitches` capability's migrations: states and declarations.
+/// Append only: a released migration never changes (see ARCHITECTURE.md,
+/// "Store").
+pub const MIGRATIONS: &[Migration] = &[
+    // 1: kill-switch state and central declarations
+    Migration {
+        capability: "killswitches",
+        version: 1,
+        sql: r#"
+CREATE TABLE killswitch_state (
+    environment TEXT NOT NULL,
+    service TEXT NOT NULL DEFAULT '',
+    name TEXT NOT NULL,
+    killed INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    since_ms INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    PRIMARY KEY (environment, service, name)
+);
+CREATE TABLE killswitch_decl (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL
+);
+"#,
+    },
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Declared {

@@ -11,10 +11,17 @@
 //! that nothing panics), its caller gets an error and the writer goes on.
 //! [`Store::health`] says whether writes work: it is what `/readyz` answers.
 //! The database files are private (0600, data dir 0700).
+//!
+//! A [`Store`] is one database file. [`Store::open`] opens the main file
+//! (`opsplane.db`, the control data); [`Store::open_aux`] opens a
+//! capability's own file (`<name>.db`, bulk data) with its own writer
+//! thread, readers and schema versions, so its writes never queue in front
+//! of the main file's. Schema versions per capability: [`schema`].
 
 pub mod agents;
 pub mod approvals;
 pub mod audit;
+mod files;
 pub mod flags;
 pub mod killswitches;
 pub mod schema;
@@ -22,6 +29,7 @@ pub mod sessions;
 pub mod tokens;
 pub mod users;
 
+use files::{private_dir, private_file, restrict_db_files};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +54,45 @@ pub enum StoreError {
     Aborted,
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
+    /// The file was written by a newer collector: a capability at a version
+    /// this binary does not know, or a capability it does not know at all
+    /// (`known` is `None`). Nothing was changed; the binary exits with 2.
+    #[error("{}", too_new_message(.file, .capability, .found, .known))]
+    TooNew {
+        file: PathBuf,
+        capability: String,
+        found: i64,
+        known: Option<u32>,
+    },
+}
+
+fn too_new_message(file: &Path, capability: &str, found: &i64, known: &Option<u32>) -> String {
+    let knows = match known {
+        Some(k) => format!("knows up to version {k}"),
+        None => "does not know this capability".into(),
+    };
+    format!(
+        "{} was written by a newer collector: {capability} is at version {found}, \
+         this collector ({}) {knows}; run a newer opsplane-collector (the file was left unchanged)",
+        file.display(),
+        common::VERSION
+    )
+}
+
+/// The exit code a binary gives for `e`: 2 for a database newer than the
+/// binary (the operator must act, retrying will not help), else 1.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    let too_new = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<StoreError>(),
+            Some(StoreError::TooNew { .. })
+        )
+    });
+    if too_new {
+        2
+    } else {
+        1
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -142,23 +189,58 @@ fn open_conn(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database in `data_dir` and migrates it.
+    /// Opens (creating if needed) the main database in `data_dir`, the
+    /// control data of every capability of [`schema::MAIN`], and migrates it.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_file(data_dir, DB_FILE, schema::MAIN, flags::WRITER_THREAD.into())
+    }
+
+    /// Opens (creating if needed) a capability's own database file,
+    /// `<name>.db` in `data_dir`, holding the capabilities of `registry`:
+    /// its own writer thread, readers, WAL and schema versions, so bulk
+    /// writes there never make a write to the main database wait (see
+    /// ARCHITECTURE.md, "Store").
+    pub fn open_aux(data_dir: &Path, name: &str, registry: schema::Registry) -> Result<Self> {
+        let valid = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && format!("{name}.db") != DB_FILE;
+        if !valid {
+            return Err(StoreError::Invalid(format!(
+                "{name:?} cannot name a database file (lowercase letters, digits, _)"
+            )));
+        }
+        Self::open_file(
+            data_dir,
+            &format!("{name}.db"),
+            registry,
+            format!("{}-{name}", flags::WRITER_THREAD),
+        )
+    }
+
+    fn open_file(
+        data_dir: &Path,
+        file: &str,
+        registry: schema::Registry,
+        writer_name: String,
+    ) -> Result<Self> {
         private_dir(data_dir).map_err(|e| {
             StoreError::Invalid(format!("cannot create {}: {e}", data_dir.display()))
         })?;
-        let path = data_dir.join(DB_FILE);
+        let path = data_dir.join(file);
         private_file(&path)
             .map_err(|e| StoreError::Invalid(format!("cannot create {}: {e}", path.display())))?;
         let mut conn = open_conn(&path, false)?;
-        schema::migrate(&mut conn)?;
+        schema::migrate(&mut conn, &path, registry)?;
         restrict_db_files(&path);
         let health = Arc::new(WriterHealth::default());
         health.alive.store(true, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel::<WriteJob>();
         let h = health.clone();
         let handle = std::thread::Builder::new()
-            .name("store-writer".into())
+            .name(writer_name)
             .spawn(move || {
                 /// Marks the writer gone however the loop ends.
                 struct Alive(Arc<WriterHealth>);
@@ -363,64 +445,6 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-    }
-}
-
-/// Creates `dir` (and parents) and makes it private (0700) when we created
-/// it or it is open to others (a sticky shared folder such as /tmp is left
-/// alone: chmod-ing it would break the machine; the files inside are private).
-fn private_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-        }
-        let mode = std::fs::metadata(dir)?.permissions().mode();
-        if mode & 0o077 != 0 && mode & 0o1000 == 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        Ok(())
-    }
-    #[cfg(not(unix))]
-    {
-        std::fs::create_dir_all(dir)
-    }
-}
-
-/// Creates the database file as 0600 before SQLite opens it (SQLite gives
-/// the WAL and shared-memory files the database file's mode).
-fn private_file(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)?;
-    }
-    Ok(())
-}
-
-/// Makes the database, WAL and shared-memory files 0600 (a database created
-/// by an older version may be world-readable).
-fn restrict_db_files(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for suffix in ["", "-wal", "-shm"] {
-            let p = PathBuf::from(format!("{}{suffix}", path.display()));
-            if p.exists() {
-                if let Err(e) = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-                {
-                    tracing::warn!(error = %e, path = %p.display(), "cannot make a database file private");
-                }
-            }
-        }
     }
 }
 

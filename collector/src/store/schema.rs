@@ -1,197 +1,274 @@
-//! Schema and migrations, applied in order at open; `meta.schema_version`
-//! records how far a database got.
+//! Schema versioning. Each capability declares its own numbered migrations
+//! beside its SQL (`MIGRATIONS` in its store file); a database file lists the
+//! capabilities it holds ([`MAIN`] for `opsplane.db`, one list per extra
+//! file, see [`super::Store::open_aux`]) and records how far each got in
+//! `schema_versions`. At open, in one transaction: a file newer than this
+//! binary is refused ([`StoreError::TooNew`]), a file of release 0.1.0 (one
+//! global `meta.schema_version`) is converted, and the missing migrations
+//! run in list order. A recorded version is never lowered.
 
-use super::Result;
-use rusqlite::Connection;
+use super::{OptionalExtension, Result, StoreError};
+use rusqlite::{Connection, Transaction};
+use std::path::Path;
 
-const MIGRATIONS: &[&str] = &[
-    // 1: the foundation
-    r#"
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE users (
-    id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    role TEXT NOT NULL,
-    password_hash TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    disabled_ms INTEGER
-);
-CREATE TABLE api_tokens (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    hash TEXT NOT NULL UNIQUE,
-    created_ms INTEGER NOT NULL,
-    created_by TEXT NOT NULL,
-    expires_ms INTEGER,
-    revoked_ms INTEGER,
-    last_used_ms INTEGER
-);
-CREATE TABLE enroll_tokens (
-    id TEXT PRIMARY KEY,
-    hash TEXT NOT NULL UNIQUE,
-    environment TEXT NOT NULL,
-    service TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    created_by TEXT NOT NULL,
-    expires_ms INTEGER,
-    revoked_ms INTEGER,
-    uses INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE agents (
-    id TEXT PRIMARY KEY,
-    credential_hash TEXT NOT NULL UNIQUE,
-    service TEXT NOT NULL,
-    environment TEXT NOT NULL,
-    instance TEXT NOT NULL,
-    host TEXT NOT NULL,
-    version TEXT NOT NULL,
-    labels TEXT NOT NULL DEFAULT '{}',
-    enrolled_ms INTEGER NOT NULL,
-    enroll_token_id TEXT,
-    last_seen_ms INTEGER NOT NULL,
-    applied_revision INTEGER,
-    applied_ms INTEGER,
-    killswitches TEXT NOT NULL DEFAULT '[]',
-    revoked_ms INTEGER
-);
-CREATE INDEX agents_env ON agents(environment, service);
-CREATE TABLE revisions (
-    revision INTEGER PRIMARY KEY,
-    environment TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    flags TEXT NOT NULL,
-    killswitches TEXT NOT NULL
-);
-CREATE INDEX revisions_env ON revisions(environment, revision);
-CREATE TABLE killswitch_state (
-    environment TEXT NOT NULL,
-    service TEXT NOT NULL DEFAULT '',
-    name TEXT NOT NULL,
-    killed INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    since_ms INTEGER NOT NULL,
-    revision INTEGER NOT NULL,
-    PRIMARY KEY (environment, service, name)
-);
-CREATE TABLE killswitch_decl (
-    name TEXT PRIMARY KEY,
-    description TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    created_by TEXT NOT NULL
-);
-CREATE TABLE audit (
-    seq INTEGER PRIMARY KEY,
-    ts_ms INTEGER NOT NULL,
-    actor TEXT NOT NULL,
-    role TEXT NOT NULL,
-    source TEXT NOT NULL,
-    user_agent TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    diff TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX audit_ts ON audit(ts_ms);
-CREATE INDEX audit_actor ON audit(actor, ts_ms);
-"#,
-    // 2: console sessions and four-eyes approval requests
-    r#"
-CREATE TABLE sessions (
-    id_hash TEXT PRIMARY KEY,
-    user_name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    csrf TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    last_seen_ms INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    user_agent TEXT NOT NULL
-);
-CREATE INDEX sessions_user ON sessions(user_name);
-CREATE TABLE approvals (
-    id TEXT PRIMARY KEY,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    diff TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    requested_by TEXT NOT NULL,
-    requested_role TEXT NOT NULL,
-    requested_source TEXT NOT NULL,
-    requested_user_agent TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    decided_by TEXT,
-    decided_ms INTEGER,
-    decision_reason TEXT
-);
-CREATE INDEX approvals_state ON approvals(state, created_ms);
-"#,
-    // 3: the person behind every token and request (four-eyes compares
-    // persons, not names); enrollment tokens with a use count. Existing
-    // tokens are owned by their creator (init's token by the admin it was
-    // made for); existing requests by the owner of the token named as their
-    // requester, else by the user of that name. Existing enrollment tokens
-    // keep unlimited uses (until they expire or are revoked).
-    r#"
-ALTER TABLE api_tokens ADD COLUMN owner TEXT NOT NULL DEFAULT '';
-UPDATE api_tokens SET owner = CASE WHEN created_by = 'system:init' THEN name ELSE created_by END;
-ALTER TABLE approvals ADD COLUMN requested_person TEXT NOT NULL DEFAULT '';
-ALTER TABLE approvals ADD COLUMN requested_token_id TEXT;
-UPDATE approvals SET requested_person = COALESCE(
-    (SELECT t.owner FROM api_tokens t
-     WHERE t.name = approvals.requested_by
-       AND NOT EXISTS (SELECT 1 FROM users u WHERE u.name = approvals.requested_by)
-     ORDER BY t.created_ms LIMIT 1),
-    requested_by);
-ALTER TABLE enroll_tokens ADD COLUMN max_uses INTEGER;
-"#,
+/// One numbered step of one capability's schema. Versions run 1, 2, 3...
+/// within a capability; a released migration never changes.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub capability: &'static str,
+    pub version: u32,
+    pub sql: &'static str,
+}
+
+/// The capabilities of one database file, in the order their migrations run:
+/// a migration may read the tables of the capabilities listed before its own.
+pub type Registry = &'static [&'static [Migration]];
+
+/// The store's own table: `meta`, small key/value state of the main file
+/// (the audit head, the saved approval policy).
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    capability: "store",
+    version: 1,
+    sql: "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+}];
+
+/// The capabilities of the main database file (`opsplane.db`): the control
+/// data, every table of which a kill or a flag change may touch.
+pub const MAIN: Registry = &[
+    MIGRATIONS,
+    super::users::MIGRATIONS,        // access
+    super::agents::MIGRATIONS,       // fleet
+    super::flags::MIGRATIONS,        // flags
+    super::killswitches::MIGRATIONS, // killswitches
+    super::audit::MIGRATIONS,        // audit
+    super::approvals::MIGRATIONS,    // approvals (reads access)
 ];
 
-pub fn migrate(conn: &mut Connection) -> Result<()> {
-    let tx = conn.transaction()?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-    )?;
-    let current: usize = tx
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get::<_, String>(0),
-        )
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        // the first migration creates meta itself
-        let sql = if i == 0 {
-            sql.replacen(
-                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
-                "",
-                1,
-            )
-        } else {
-            sql.to_string()
+/// Release 0.1.0 recorded one global number in `meta.schema_version`; its
+/// migration N is what these per-capability versions hold (entry N-1). A
+/// capability absent from an entry was not created yet.
+const LEGACY: &[&[(&str, u32)]] = &[
+    // 1: the foundation
+    &[
+        ("store", 1),
+        ("access", 1),
+        ("fleet", 1),
+        ("flags", 1),
+        ("killswitches", 1),
+        ("audit", 1),
+    ],
+    // 2: console sessions and four-eyes requests
+    &[
+        ("store", 1),
+        ("access", 2),
+        ("fleet", 1),
+        ("flags", 1),
+        ("killswitches", 1),
+        ("audit", 1),
+        ("approvals", 1),
+    ],
+    // 3: token owners, requesting persons, enrollment use counts
+    &[
+        ("store", 1),
+        ("access", 3),
+        ("fleet", 2),
+        ("flags", 1),
+        ("killswitches", 1),
+        ("audit", 1),
+        ("approvals", 2),
+    ],
+];
+
+/// The name [`StoreError::TooNew`] gives release 0.1.0's global version.
+pub const LEGACY_GLOBAL: &str = "schema (global)";
+
+const VERSIONS_TABLE: &str =
+    "CREATE TABLE IF NOT EXISTS schema_versions (capability TEXT PRIMARY KEY, version INTEGER NOT NULL);";
+
+/// The newest version of each capability of `registry`, in order.
+pub fn newest(registry: Registry) -> Vec<(&'static str, u32)> {
+    registry
+        .iter()
+        .filter_map(|m| m.last().map(|l| (l.capability, l.version)))
+        .collect()
+}
+
+/// Checks a registry is well formed: each list non-empty, of one
+/// capability, numbered 1..n; no capability twice.
+pub fn check_registry(registry: Registry) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
+    for list in registry {
+        let Some(first) = list.first() else {
+            return Err(StoreError::Invalid("a capability has no migration".into()));
         };
-        tx.execute_batch(&sql)?;
+        if !seen.insert(first.capability) {
+            return Err(StoreError::Invalid(format!(
+                "capability {:?} is listed twice",
+                first.capability
+            )));
+        }
+        for (i, m) in list.iter().enumerate() {
+            if m.capability != first.capability || m.version as usize != i + 1 {
+                return Err(StoreError::Invalid(format!(
+                    "migration {} {} is out of place in the list of {:?} (expected version {})",
+                    m.capability,
+                    m.version,
+                    first.capability,
+                    i + 1
+                )));
+            }
+        }
     }
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [MIGRATIONS.len().to_string()],
-    )?;
+    Ok(())
+}
+
+/// Brings the database at `path` (open on `conn`) to the newest version of
+/// every capability of `registry`, or refuses it when it is newer than this
+/// binary. All or nothing: one transaction.
+pub fn migrate(conn: &mut Connection, path: &Path, registry: Registry) -> Result<()> {
+    check_registry(registry)?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let recorded = recorded_versions(&tx, path, registry)?;
+    for list in registry {
+        let capability = list[0].capability;
+        let at = recorded
+            .iter()
+            .find(|(c, _)| c == capability)
+            .map_or(0, |(_, v)| *v);
+        for m in list.iter().filter(|m| i64::from(m.version) > at) {
+            tx.execute_batch(m.sql).map_err(|e| {
+                StoreError::Invalid(format!(
+                    "{}: migration {} {} failed: {e}",
+                    path.display(),
+                    m.capability,
+                    m.version
+                ))
+            })?;
+            record(&tx, m.capability, m.version)?;
+        }
+    }
     tx.commit()?;
     Ok(())
 }
 
+/// The versions recorded in the file, after refusing a file newer than
+/// `registry` and converting one of release 0.1.0.
+fn recorded_versions(
+    tx: &Transaction<'_>,
+    path: &Path,
+    registry: Registry,
+) -> Result<Vec<(String, i64)>> {
+    let too_new = |capability: &str, found: i64, known: Option<u32>| StoreError::TooNew {
+        file: path.to_path_buf(),
+        capability: capability.to_string(),
+        found,
+        known,
+    };
+    if table_exists(tx, "schema_versions")? {
+        let mut stmt = tx.prepare("SELECT capability, version FROM schema_versions")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let newest = newest(registry);
+        for (capability, found) in &rows {
+            match newest.iter().find(|(c, _)| c == capability) {
+                None => return Err(too_new(capability, *found, None)),
+                Some((_, known)) if *found > i64::from(*known) => {
+                    return Err(too_new(capability, *found, Some(*known)))
+                }
+                Some(_) => {}
+            }
+        }
+        return Ok(rows);
+    }
+    let legacy: Option<String> = if table_exists(tx, "meta")? {
+        tx.query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+    } else {
+        None
+    };
+    tx.execute_batch(VERSIONS_TABLE)?;
+    let Some(legacy) = legacy else {
+        // a new file
+        return Ok(Vec::new());
+    };
+    let global: i64 = legacy.trim().parse().map_err(|_| {
+        StoreError::Invalid(format!(
+            "{}: unreadable schema version {legacy:?}",
+            path.display()
+        ))
+    })?;
+    if global > LEGACY.len() as i64 {
+        return Err(too_new(LEGACY_GLOBAL, global, Some(LEGACY.len() as u32)));
+    }
+    let versions: &[(&str, u32)] = match usize::try_from(global) {
+        Ok(g) if g >= 1 => LEGACY[g - 1],
+        _ => &[],
+    };
+    // release 0.1.0 kept only the main file
+    let known = newest(registry);
+    if let Some((c, _)) = versions
+        .iter()
+        .find(|(c, _)| !known.iter().any(|(k, _)| k == c))
+    {
+        return Err(StoreError::Invalid(format!(
+            "{}: holds the global schema version of release 0.1.0 but not capability {c:?}",
+            path.display()
+        )));
+    }
+    for (capability, version) in versions {
+        record(tx, capability, *version)?;
+    }
+    // release 0.1.0 would read a missing version as 0 and fail at its
+    // first migration (its tables exist): it cannot open the file any more
+    tx.execute("DELETE FROM meta WHERE key = 'schema_version'", [])?;
+    tracing::info!(
+        file = %path.display(),
+        global,
+        "converted the schema version of release 0.1.0 to per-capability versions"
+    );
+    Ok(versions
+        .iter()
+        .map(|(c, v)| (c.to_string(), i64::from(*v)))
+        .collect())
+}
+
+/// Records that `capability` is at `version`; never lowers it.
+fn record(tx: &Transaction<'_>, capability: &str, version: u32) -> Result<()> {
+    tx.execute(
+        "INSERT INTO schema_versions (capability, version) VALUES (?1, ?2)
+         ON CONFLICT(capability) DO UPDATE SET version = MAX(version, excluded.version)",
+        rusqlite::params![capability, version],
+    )?;
+    Ok(())
+}
+
+fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// The versions recorded in a database, by capability.
+pub fn versions(conn: &Connection) -> Result<Vec<(String, i64)>> {
+    let mut stmt =
+        conn.prepare("SELECT capability, version FROM schema_versions ORDER BY capability")?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
 pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
-    use super::OptionalExtension;
     Ok(conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()?)
@@ -210,46 +287,68 @@ pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A database at schema 2 gets owners for its tokens and persons for its
-    /// requests (init's token belongs to the admin it was made for; a request
-    /// made with a token to the token's owner).
     #[test]
-    fn migration_3_ties_tokens_and_requests_to_persons() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        let tx = conn.transaction().unwrap();
-        tx.execute_batch(MIGRATIONS[0]).unwrap();
-        tx.execute_batch(MIGRATIONS[1]).unwrap();
-        tx.execute_batch(
-            "INSERT INTO meta VALUES ('schema_version', '2');
-             INSERT INTO users (name, role, password_hash, created_ms) VALUES ('admin', 'admin', 'x', 1), ('alice', 'admin', 'x', 1);
-             INSERT INTO api_tokens (id, name, role, hash, created_ms, created_by) VALUES
-                ('t1', 'admin', 'admin', 'h1', 1, 'system:init'),
-                ('t2', 'bob', 'operator', 'h2', 2, 'alice');
-             INSERT INTO approvals (id, action, target, payload, diff, reason, requested_by, requested_role,
-                requested_source, requested_user_agent, created_ms, expires_ms, state) VALUES
-                ('a1', 'flags.set', 'f', '{}', '[]', '', 'bob', 'operator', 's', 'u', 1, 2, 'pending'),
-                ('a2', 'flags.set', 'f', '{}', '[]', '', 'alice', 'admin', 's', 'u', 1, 2, 'pending');",
-        )
-        .unwrap();
-        tx.commit().unwrap();
-        migrate(&mut conn).unwrap();
-        let owner = |id: &str| -> String {
-            conn.query_row("SELECT owner FROM api_tokens WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .unwrap()
-        };
-        assert_eq!(owner("t1"), "admin");
-        assert_eq!(owner("t2"), "alice");
-        let person = |id: &str| -> String {
-            conn.query_row(
-                "SELECT requested_person FROM approvals WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .unwrap()
-        };
-        assert_eq!(person("a1"), "alice");
-        assert_eq!(person("a2"), "alice");
+    fn the_main_registry_is_well_formed() {
+        check_registry(MAIN).unwrap();
+    }
+
+    /// Every entry of the 0.1.0 mapping names a capability of the main file
+    /// at a version it has, and the last entry is where the main file was
+    /// when versions became per capability (migrations added since come
+    /// after it).
+    #[test]
+    fn the_legacy_mapping_names_known_versions() {
+        let newest = newest(MAIN);
+        for entry in LEGACY {
+            for (c, v) in *entry {
+                let (_, known) = newest.iter().find(|(n, _)| n == c).unwrap();
+                assert!(*v >= 1 && v <= known, "{c} {v}");
+            }
+        }
+        for w in LEGACY.windows(2) {
+            for (c, v) in w[0] {
+                let later = w[1].iter().find(|(n, _)| n == c).unwrap().1;
+                assert!(later >= *v, "{c} goes down");
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_registry_is_refused() {
+        const GAP: &[Migration] = &[
+            Migration {
+                capability: "x",
+                version: 1,
+                sql: "",
+            },
+            Migration {
+                capability: "x",
+                version: 3,
+                sql: "",
+            },
+        ];
+        const MIXED: &[Migration] = &[
+            Migration {
+                capability: "x",
+                version: 1,
+                sql: "",
+            },
+            Migration {
+                capability: "y",
+                version: 2,
+                sql: "",
+            },
+        ];
+        const X: &[Migration] = &[Migration {
+            capability: "x",
+            version: 1,
+            sql: "",
+        }];
+        const EMPTY: &[Migration] = &[];
+        assert!(check_registry(&[GAP]).is_err());
+        assert!(check_registry(&[MIXED]).is_err());
+        assert!(check_registry(&[X, X]).is_err());
+        assert!(check_registry(&[EMPTY]).is_err());
+        check_registry(&[X]).unwrap();
     }
 }

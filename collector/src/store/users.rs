@@ -1,11 +1,72 @@
 //! Console users: name, role, argon2id password hash.
 
 use super::audit::{self, NewEntry};
+use super::schema::Migration;
 use super::{OptionalExtension, Result, StoreError};
 use crate::auth::{Actor, Role};
 use rusqlite::{params, Connection, Transaction};
 use serde::Serialize;
 use serde_json::json;
+
+/// The `access` capability's migrations: users, API tokens (`tokens.rs`)
+/// and console sessions (`sessions.rs`). Append only: a released migration
+/// never changes (see ARCHITECTURE.md, "Store").
+pub const MIGRATIONS: &[Migration] = &[
+    // 1: users and API tokens
+    Migration {
+        capability: "access",
+        version: 1,
+        sql: r#"
+CREATE TABLE users (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    password_hash TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    disabled_ms INTEGER
+);
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    created_ms INTEGER NOT NULL,
+    created_by TEXT NOT NULL,
+    expires_ms INTEGER,
+    revoked_ms INTEGER,
+    last_used_ms INTEGER
+);
+"#,
+    },
+    // 2: console sessions
+    Migration {
+        capability: "access",
+        version: 2,
+        sql: r#"
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY,
+    user_name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    last_seen_ms INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    user_agent TEXT NOT NULL
+);
+CREATE INDEX sessions_user ON sessions(user_name);
+"#,
+    },
+    // 3: the person behind every token: existing tokens are owned by their
+    // creator (init's token by the admin it was made for)
+    Migration {
+        capability: "access",
+        version: 3,
+        sql: r#"
+ALTER TABLE api_tokens ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+UPDATE api_tokens SET owner = CASE WHEN created_by = 'system:init' THEN name ELSE created_by END;
+"#,
+    },
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct User {
