@@ -32,7 +32,7 @@ pub async fn render(ctx: &Ctx) -> ApiResult<String> {
     reg.register("build_info", "Build information", build);
 
     let by_state = Family::<Vec<(String, String)>, Gauge>::default();
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     for s in ["connected", "stale", "gone", "revoked"] {
         by_state
             .get_or_create(&vec![("state".into(), s.into())])

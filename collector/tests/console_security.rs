@@ -515,6 +515,118 @@ async fn every_route_with_every_role() {
     h.stop().await;
 }
 
+/// The roles the contract gives the mutating routes (and the admin-only
+/// reads), written out independently of the route tables: the matrix above
+/// proves the tables are enforced, this that they say what they must.
+const CONTRACT: &[(&str, Role)] = &[
+    ("POST /api/v1/agents/enroll-tokens", Role::Operator),
+    (
+        "POST /api/v1/agents/enroll-tokens/{id}/revoke",
+        Role::Operator,
+    ),
+    ("GET /api/v1/agents/enroll-tokens", Role::Operator),
+    ("POST /api/v1/agents/{id}/revoke", Role::Operator),
+    ("POST /api/v1/flags/apply", Role::Operator),
+    ("POST /api/v1/flags/{key}", Role::Operator),
+    ("POST /api/v1/killswitches", Role::Operator),
+    ("POST /api/v1/killswitches/{name}/kill", Role::Responder),
+    ("POST /api/v1/killswitches/{name}/revive", Role::Responder),
+    ("POST /api/v1/tokens", Role::Admin),
+    ("POST /api/v1/tokens/{id}/revoke", Role::Admin),
+    ("POST /api/v1/users", Role::Admin),
+    ("POST /api/v1/users/{name}/role", Role::Admin),
+    ("POST /api/v1/approvals/{id}/approve", Role::Operator),
+    // anyone may withdraw their own request; deciding on another's needs
+    // the operation's role (checked by the approval, see the matrix)
+    ("POST /api/v1/approvals/{id}/reject", Role::Viewer),
+    ("POST /api/v1/approval-policy", Role::Admin),
+    ("GET /api/v1/audit/export", Role::Admin),
+    ("GET /api/v1/tokens", Role::Admin),
+    ("POST /console/agents/{id}/revoke", Role::Operator),
+    ("POST /console/flags/set", Role::Operator),
+    ("POST /console/flags/preview", Role::Operator),
+    ("POST /console/flags/apply", Role::Operator),
+    ("POST /console/killswitches/kill", Role::Responder),
+    ("POST /console/killswitches/revive", Role::Responder),
+    ("POST /console/approvals/{id}/approve", Role::Operator),
+    ("POST /console/approvals/{id}/reject", Role::Viewer),
+    ("POST /console/users", Role::Admin),
+    ("POST /console/users/{name}/role", Role::Admin),
+    ("POST /console/tokens", Role::Admin),
+    ("POST /console/tokens/{id}/revoke", Role::Admin),
+    ("POST /console/policy", Role::Admin),
+    ("GET /console/audit/export", Role::Admin),
+    ("GET /console/killswitches/confirm", Role::Responder),
+];
+
+#[test]
+fn route_tables_give_the_contract_roles() {
+    let routes = collector::routes::all();
+    for (name, role) in CONTRACT {
+        let r = routes
+            .iter()
+            .find(|r| r.name() == *name)
+            .unwrap_or_else(|| panic!("{name} is not declared"));
+        assert_eq!(r.role(), Some(*role), "{name}");
+    }
+    // every other POST needs a role named here, or is sign-in
+    for r in routes.iter().filter(|r| r.method == "POST") {
+        assert!(
+            r.path == "/console/login"
+                || r.path == "/console/logout"
+                || CONTRACT.iter().any(|(n, _)| *n == r.name()),
+            "{}: add its contract role",
+            r.name()
+        );
+    }
+    // kill and revive never wait for an approval
+    for r in routes
+        .iter()
+        .filter(|r| r.path.contains("kill") || r.path.contains("revive"))
+    {
+        assert!(!r.approvable, "{}", r.name());
+    }
+}
+
+/// A revocation needs a reason, through the API as through the console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_need_a_reason() {
+    let h = Harness::start(15 * 60 * 1000).await;
+    let tok = h.tokens[&Role::Admin].clone();
+    let agent = h.new_agent(1).await;
+    let enroll = h.new_enroll_token().await;
+    let token = h.new_api_token(1).await;
+    for path in [
+        format!("/agents/{agent}/revoke"),
+        format!("/agents/enroll-tokens/{enroll}/revoke"),
+        format!("/tokens/{token}/revoke"),
+    ] {
+        for body in [json!({}), json!({"reason": "  "})] {
+            let r = h.api_post(&tok, &path, body).await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "REASON_REQUIRED", "{path}");
+        }
+    }
+    let s = h.sessions[&Role::Admin].clone();
+    for path in [
+        format!("/console/agents/{agent}/revoke"),
+        format!("/console/tokens/{token}/revoke"),
+    ] {
+        let r = h.console_post(&s, &path, &[("reason", "")]).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+    }
+    // nothing was revoked
+    let r = h.api(&tok, reqwest::Method::GET, "/agents", None).await;
+    let v: Value = r.json().await.unwrap();
+    assert!(v["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["state"] != "revoked"));
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csrf_and_cross_site_posts_are_refused() {
     let h = Harness::start(15 * 60 * 1000).await;

@@ -55,11 +55,7 @@ pub(crate) async fn token_revoke(
     Path(id): Path<String>,
     Json(r): Json<ReasonReq>,
 ) -> ApiResult<Response> {
-    let actor = caller.actor();
-    let id2 = id.clone();
-    ctx.store
-        .write(move |tx| store::tokens::revoke_api_token(tx, &actor, &id2, &r.reason))
-        .await?;
+    super::revoke_token(&ctx, caller.actor(), id.clone(), r.reason).await?;
     Ok(ok(&json!({"id": id, "revoked": true})))
 }
 

@@ -302,12 +302,7 @@ pub(crate) async fn token_revoke(
     Path(id): Path<String>,
     Form(f): Form<ReasonForm>,
 ) -> PageResult {
-    let actor = s.actor.clone();
-    require_reason(&f.reason)?;
-    let id2 = id.clone();
-    ctx.store
-        .write(move |tx| store::tokens::revoke_api_token(tx, &actor, &id2, &f.reason))
-        .await?;
+    super::revoke_token(&ctx, s.actor.clone(), id.clone(), f.reason).await?;
     Ok(see_other(&format!(
         "/console/users?done={}&name={}",
         Done::TokenRevoked.code(),

@@ -95,7 +95,7 @@ pub(crate) async fn approvals_page(
             ))
         })
         .await?;
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     let body = html! {
         (notice::<Done>(&q))
         @if pending.is_empty() { p.muted { "Nothing is waiting for approval." } }

@@ -103,7 +103,7 @@ pub fn execute(
             config_default,
         } => {
             for env in &policy.protected_environments {
-                store::users::validate_name(env)?;
+                crate::kernel::names::check(env).map_err(StoreError::Invalid)?;
             }
             if policy.expire_after_ms < MIN_EXPIRE_AFTER.as_millis() as i64 {
                 return Err(StoreError::Invalid(
@@ -156,7 +156,7 @@ async fn check(ctx: &Ctx, mut op: Op, accept_warnings: bool) -> Result<Op, FlagE
             checked,
             ..
         } => {
-            let c = store::flags::check_apply(definition.clone()).await?;
+            let c = crate::flags::check_definition(definition.clone()).await?;
             if accept_warnings {
                 *accepted_warnings = c.warnings().to_vec();
             }
@@ -304,6 +304,7 @@ async fn submit_once(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::R
     let policy = policy(ctx).await?;
     let actor = actor.clone();
     let reason = reason.to_string();
+    let now = ctx.clock.now_ms();
     let out = ctx
         .store
         .write(move |tx| {
@@ -320,7 +321,7 @@ async fn submit_once(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::R
             let expire_after_ms = policy
                 .expire_after_ms
                 .clamp(MIN_EXPIRE_AFTER.as_millis() as i64, MAX_EXPIRE_AFTER.as_millis() as i64);
-            let expires = common::time::add_ms(common::time::now_ms(), expire_after_ms);
+            let expires = common::time::add_ms(now, expire_after_ms);
             let payload = serde_json::to_value(&op)?;
             let a = store::approvals::create(tx, &actor, op.action(), &op.target(), &payload, &preview.diff, &reason, expires)?;
             tracing::info!(id = %a.id, action = %a.action, target = %a.target, by = %a.requested_by, "change waits for approval");
@@ -434,6 +435,7 @@ async fn decide_once(
     let approver = approver.clone();
     let id = id.to_string();
     let reason = reason.to_string();
+    let clock_now = ctx.clock.now_ms();
     let out = ctx
         .store
         .write(move |tx| -> store::Result<Result<Decided, String>> {
@@ -442,7 +444,7 @@ async fn decide_once(
             if a.state != "pending" {
                 return Err(StoreError::Conflict(format!("request {id} is already {}", a.state)));
             }
-            let now = common::time::now_ms();
+            let now = clock_now;
             if a.expires_ms <= now {
                 store::approvals::expire_due(tx, &Actor::system("system:approvals"), now)?;
                 let a = store::approvals::get(tx, &id)?.unwrap_or(a);
@@ -527,13 +529,8 @@ async fn decide_once(
 
 /// Expires overdue requests (run periodically).
 pub async fn expire_due(ctx: &Ctx) -> store::Result<usize> {
+    let now = ctx.clock.now_ms();
     ctx.store
-        .write(|tx| {
-            store::approvals::expire_due(
-                tx,
-                &Actor::system("system:approvals"),
-                common::time::now_ms(),
-            )
-        })
+        .write(move |tx| store::approvals::expire_due(tx, &Actor::system("system:approvals"), now))
         .await
 }

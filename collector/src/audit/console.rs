@@ -100,7 +100,7 @@ pub(crate) async fn audit_page(
         limit: Some(limit),
     };
     let entries = ctx.store.read(move |c| audit::list(c, &f)).await?;
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     let v = |o: &Option<String>| o.clone().unwrap_or_default();
     let body = html! {
         form.filters method="get" action="/console/audit" {

@@ -88,7 +88,7 @@ pub(crate) async fn flags_apply(
     };
     if r.dry_run {
         // compiled on the blocking pool; nothing goes through the writer
-        let change = store::flags::preview(&ctx.store, &r.environment, r.definition)
+        let change = super::preview(&ctx, &r.environment, r.definition)
             .await
             .map_err(refused)?;
         return Ok(ok(&change_view(change)));

@@ -300,7 +300,7 @@ pub(crate) async fn flags_preview(
 ) -> PageResult {
     let def = parse_definition(&f.definition)?;
     // compiled on the blocking pool; a preview never uses the writer
-    let change = store::flags::preview(&ctx.store, &f.env, def)
+    let change = super::preview(&ctx, &f.env, def)
         .await
         .map_err(|e| flag_refusal(e, ""))?;
     let protected = approvals::policy(&ctx)

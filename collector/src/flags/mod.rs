@@ -1,9 +1,12 @@
 //! Flags: flagd flag definitions per environment, written as numbered,
 //! immutable revisions and pushed to the agents. A change is either a whole
 //! definition (`apply`) or one flag's state or default variant (`set`); both
-//! may wait for an approval in a protected environment, and both are checked
-//! (compiled, warnings found) once, off the store's writer thread, in
-//! `store::flags::check_apply` / `check_set` before they are written.
+//! may wait for an approval in a protected environment. A whole definition
+//! is validated in one place, [`check_definition`] (compiled off the store's
+//! writer thread, warnings found), whether it is previewed, applied at once
+//! or approved later; the store writes only what that check returned
+//! (`CheckedApply`). One flag's change is checked by `store::flags::check_set`
+//! against the revision it changes.
 //!
 //! Routes: `GET /api/v1/flags`, `POST /api/v1/flags/apply`,
 //! `GET|POST /api/v1/flags/{key}`, `GET /api/v1/revisions`,
@@ -15,8 +18,11 @@ pub mod api;
 pub mod console;
 
 use crate::kernel::{ApiError, ErrorCode, Role, Route};
-use crate::store::flags::FlagError;
+use crate::store::flags::{CheckedApply, FlagChange, FlagError};
+use crate::store::StoreError;
+use crate::Ctx;
 use serde_json::json;
+use serde_json::Value;
 
 crate::audit::actions! {
     /// Audit actions of flags.
@@ -75,4 +81,39 @@ pub fn refusal(e: FlagError, subject: &str, hint: &str) -> ApiError {
         .with("warnings", json!(warnings)),
         FlagError::Store(s) => s.into(),
     }
+}
+
+/// The one validation of a whole flag definition: flagd's schema and the
+/// compiled-size budget (refused whole), and its warnings. Runs on the
+/// blocking pool, never on the store's writer.
+pub async fn check_definition(definition: Value) -> Result<CheckedApply, FlagError> {
+    crate::store::flags::check_apply(definition).await
+}
+
+/// What applying `definition` to `environment` would change (dry run,
+/// console preview): checked by [`check_definition`], diffed against the
+/// revision in force; writes nothing.
+pub async fn preview(
+    ctx: &Ctx,
+    environment: &str,
+    definition: Value,
+) -> Result<FlagChange, FlagError> {
+    crate::kernel::names::check(environment).map_err(StoreError::Invalid)?;
+    let checked = check_definition(definition.clone()).await?;
+    let env = environment.to_string();
+    let current = ctx
+        .store
+        .read(move |c| crate::store::flags::latest(c, &env))
+        .await?;
+    let (revision, before) = match current {
+        Some(r) => (Some(r.revision), r.flags),
+        None => (None, crate::store::flags::empty_definition()),
+    };
+    let diff = common::diff::diff(&before, &definition);
+    Ok(FlagChange {
+        revision,
+        changed: !diff.is_empty(),
+        diff,
+        warnings: checked.warnings().to_vec(),
+    })
 }

@@ -29,7 +29,7 @@ pub(crate) async fn agents_list(
         .store
         .read(move |c| store::agents::list(c, f.environment.as_deref(), f.service.as_deref()))
         .await?;
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     let views: Vec<AgentView> = rows
         .into_iter()
         .map(|row| AgentView {
@@ -88,11 +88,7 @@ pub(crate) async fn enroll_token_revoke(
     Path(id): Path<String>,
     Json(r): Json<ReasonReq>,
 ) -> ApiResult<Response> {
-    let actor = caller.actor();
-    let id2 = id.clone();
-    ctx.store
-        .write(move |tx| store::tokens::revoke_enroll_token(tx, &actor, &id2, &r.reason))
-        .await?;
+    super::revoke_enroll_token(&ctx, caller.actor(), id.clone(), r.reason).await?;
     Ok(ok(&json!({"id": id, "revoked": true})))
 }
 

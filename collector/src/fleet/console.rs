@@ -3,9 +3,7 @@
 
 use super::agent_state;
 use crate::audit::console::audit_table;
-use crate::console::page::{
-    enc, flashes, html_page, notice, page, require_reason, see_other, EnvQ, Flash, S,
-};
+use crate::console::page::{enc, flashes, html_page, notice, page, see_other, EnvQ, Flash, S};
 use crate::console::render::{self, time};
 use crate::console::{PageError, PageResult};
 use crate::kernel::json::ReasonForm;
@@ -40,7 +38,7 @@ pub(crate) async fn fleet(
         .store
         .read(move |c| store::agents::list(c, env.as_deref(), service.as_deref()))
         .await?;
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     let mut counts = [0usize; 4];
     let agents: Vec<(AgentRow, &'static str)> = rows
         .into_iter()
@@ -60,7 +58,7 @@ pub(crate) async fn fleet(
 
 pub(crate) async fn overview_block(ctx: &Ctx) -> Result<Markup, PageError> {
     let f = fleet(ctx, None, None).await?;
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     let killed = ctx
         .store
         .read(|c| {
@@ -132,7 +130,7 @@ pub(crate) async fn overview(State(ctx): State<Ctx>, Extension(s): S) -> PageRes
             )
         })
         .await?;
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     let body = html! {
         div data-live="/console/live/overview" { (block) }
         div.card {
@@ -168,7 +166,7 @@ pub(crate) async fn agents(
     services.sort();
     services.dedup();
     let f = fleet(&ctx, env.clone(), service.clone()).await?;
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     let can_revoke = s.can(Role::Operator);
     let body = html! {
         (notice::<Done>(&q))
@@ -234,7 +232,6 @@ pub(crate) async fn agent_revoke(
     Form(f): Form<ReasonForm>,
 ) -> PageResult {
     let actor = s.actor.clone();
-    require_reason(&f.reason)?;
     super::revoke_agent(&ctx, actor, id.clone(), f.reason).await?;
     Ok(see_other(&format!(
         "/console/agents?done={}&name={}",

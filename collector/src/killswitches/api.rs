@@ -1,7 +1,6 @@
 //! The kill switches' JSON API: list, declare, kill, revive.
 
 use super::killswitch_views;
-use crate::kernel::error::require_reason;
 use crate::kernel::json::EnvQuery;
 use crate::kernel::{ok, ApiResult, Caller, Json};
 use crate::store;
@@ -75,7 +74,6 @@ pub(crate) async fn set_kill(
     killed: bool,
 ) -> ApiResult<Response> {
     let actor = caller.actor();
-    require_reason(&r.reason)?;
     let outcome = super::set_kill(
         &ctx,
         actor,

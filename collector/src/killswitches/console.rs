@@ -3,13 +3,11 @@
 
 use super::{killswitch_views, KillSwitchView};
 use crate::console::page::{
-    enc, env_tabs, flashes, html_page, notice, page, pick_env, require_reason, see_other, EnvQ,
-    Flash, S,
+    enc, env_tabs, flashes, html_page, notice, page, pick_env, see_other, EnvQ, Flash, S,
 };
 use crate::console::render::{self};
 use crate::console::{PageError, PageResult, Session};
 use crate::kernel::Role;
-use crate::store;
 use crate::Ctx;
 use axum::extract::{Query, State};
 use axum::{Extension, Form};
@@ -129,7 +127,7 @@ pub(crate) async fn killswitches_live(
     Query(q): Query<EnvQ>,
 ) -> PageResult {
     let env = q.env.unwrap_or_default();
-    store::users::validate_name(&env)?;
+    crate::kernel::names::validate(&env)?;
     Ok(html_page(switches_block(&ctx, &s, &env).await?))
 }
 
@@ -204,7 +202,6 @@ async fn set_kill(
     killed: bool,
 ) -> PageResult {
     let actor = s.actor.clone();
-    require_reason(&f.reason)?;
     let (env, name) = (f.env.clone(), f.name.clone());
     let service = f.service.filter(|x| !x.is_empty());
     let outcome = super::set_kill(&ctx, actor, f.env, service, f.name, killed, f.reason).await?;

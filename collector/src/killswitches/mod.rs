@@ -135,7 +135,7 @@ pub async fn killswitch_views(ctx: &Ctx, environment: &str) -> ApiResult<Vec<Kil
             ))
         })
         .await?;
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     let live: Vec<&AgentRow> = agents
         .iter()
         .filter(|a| matches!(agent_state(ctx, a, now), "connected" | "stale"))
