@@ -2,7 +2,7 @@
 
 use crate::approvals::{self, api::submitted};
 use crate::kernel::json::ReasonReq;
-use crate::kernel::{ok, ApiError, ApiResult, Caller, Json, Role};
+use crate::kernel::{ok, ApiResult, Caller, Json, Role};
 use crate::store;
 use crate::Ctx;
 use axum::extract::{Path, State};
@@ -21,32 +21,13 @@ pub(crate) async fn tokens_list(State(ctx): State<Ctx>) -> ApiResult<Response> {
     Ok(ok(&json!({ "tokens": t })))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct TokenReq {
-    name: String,
-    role: Role,
-    expires: Option<String>,
-    #[serde(default)]
-    reason: String,
-}
-
 pub(crate) async fn token_create(
     State(ctx): State<Ctx>,
     caller: Caller,
-    Json(r): Json<TokenReq>,
+    Json(r): Json<super::NewToken>,
 ) -> ApiResult<Response> {
-    let actor = caller.actor();
-    let expires = crate::auth::expiry_ms(r.expires.as_deref()).map_err(ApiError::bad_request)?;
-    let (id, secret) = crate::auth::new_secret(crate::auth::SecretKind::ApiToken);
-    let op = approvals::Op::TokenCreate {
-        id,
-        name: r.name,
-        role: r.role,
-        secret_hash: crate::auth::hash_secret(&secret),
-        expires_ms: expires,
-    };
-    let out = approvals::submit(&ctx, &actor, op, &r.reason).await?;
-    submitted(out, json!({ "token": secret }))
+    let (out, minted) = super::create_token(&ctx, &caller.0, r).await?;
+    submitted(out, json!({ "token": minted.secret }))
 }
 
 pub(crate) async fn token_revoke(
@@ -64,51 +45,17 @@ pub(crate) async fn users_list(State(ctx): State<Ctx>) -> ApiResult<Response> {
     Ok(ok(&json!({ "users": u })))
 }
 
-#[derive(Deserialize)]
-pub(crate) struct UserReq {
-    name: String,
-    role: Role,
-    password: Option<String>,
-    #[serde(default)]
-    reason: String,
-}
-
 pub(crate) async fn user_add(
     State(ctx): State<Ctx>,
     caller: Caller,
-    Json(r): Json<UserReq>,
+    Json(r): Json<super::NewUser>,
 ) -> ApiResult<Response> {
-    let actor = caller.actor();
-    let (password, generated) = match r.password {
-        Some(p) if p.len() >= 12 => (p, false),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "password must be at least 12 characters",
-            ))
-        }
-        None => (crate::auth::new_password(), true),
+    let (out, password) = super::add_user(&ctx, &caller.0, r).await?;
+    let extra = match password {
+        Some(p) => json!({ "password": p }),
+        None => Value::Null,
     };
-    let hash = tokio::task::spawn_blocking({
-        let p = password.clone();
-        move || crate::auth::hash_password(&p)
-    })
-    .await
-    .map_err(|_| ApiError::internal())?
-    .map_err(|_| ApiError::internal())?;
-    let op = approvals::Op::UserAdd {
-        name: r.name,
-        role: r.role,
-        password_hash: hash,
-    };
-    let out = approvals::submit(&ctx, &actor, op, &r.reason).await?;
-    submitted(
-        out,
-        if generated {
-            json!({ "password": password })
-        } else {
-            Value::Null
-        },
-    )
+    submitted(out, extra)
 }
 
 #[derive(Deserialize)]

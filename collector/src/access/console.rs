@@ -8,9 +8,9 @@ use crate::approvals::{
 };
 use crate::console::page::{enc, flashes, notice, page, require_reason, see_other, EnvQ, Flash, S};
 use crate::console::render::{self};
-use crate::console::{PageError, PageResult};
+use crate::console::PageResult;
 use crate::kernel::json::ReasonForm;
-use crate::kernel::{ErrorCode, Role};
+use crate::kernel::Role;
 use crate::store;
 use crate::Ctx;
 use axum::extract::{Path, Query, State};
@@ -156,47 +156,21 @@ fn humanize_ms(ms: i64) -> String {
     }
 }
 
-#[derive(Deserialize)]
-pub(crate) struct UserForm {
-    name: String,
-    role: Role,
-    password: Option<String>,
-    #[serde(default)]
-    reason: String,
-}
-
 pub(crate) async fn user_add(
     State(ctx): State<Ctx>,
     Extension(s): S,
-    Form(f): Form<UserForm>,
+    Form(mut f): Form<super::NewUser>,
 ) -> PageResult {
-    let actor = s.actor.clone();
-    let (password, generated) = match f.password.filter(|p| !p.is_empty()) {
-        Some(p) if p.len() >= 12 => (p, false),
-        Some(_) => {
-            return Err(PageError::bad_request(
-                "The password must be at least 12 characters.",
-            ))
-        }
-        None => (crate::auth::new_password(), true),
-    };
-    let p2 = password.clone();
-    let hash = tokio::task::spawn_blocking(move || crate::auth::hash_password(&p2))
-        .await
-        .map_err(|_| PageError::new(ErrorCode::Internal, "cannot hash the password"))?
-        .map_err(|e| PageError::new(ErrorCode::Internal, e))?;
-    let op = Op::UserAdd {
-        name: f.name.clone(),
-        role: f.role,
-        password_hash: hash,
-    };
-    let out = approvals::submit(&ctx, &actor, op, &f.reason).await?;
-    let secret = generated.then(|| {
+    // an empty field asks for a generated password
+    f.password = f.password.filter(|p| !p.is_empty());
+    let (name, role) = (f.name.clone(), f.role);
+    let (out, password) = super::add_user(&ctx, &s.actor, f).await?;
+    let secret = password.map(|password| {
         html! {
             div.card.secret {
-                h2 { "Password for " (f.name) " (shown once)" }
+                h2 { "Password for " (name) " (shown once)" }
                 p { code.secret-value { (password) } }
-                p.muted { "Give it to " (f.name) " over a safe channel; it is not stored in plain text and cannot be shown again." }
+                p.muted { "Give it to " (name) " over a safe channel; it is not stored in plain text and cannot be shown again." }
             }
         }
     });
@@ -204,7 +178,7 @@ pub(crate) async fn user_add(
         Submitted::Pending(a) => pending_page(&ctx, &s, &a, secret).await,
         Submitted::Applied(_) => {
             let body = html! {
-                p.flash.good { "User " strong { (f.name) } " added with the " (f.role.as_str()) " role." }
+                p.flash.good { "User " strong { (name) } " added with the " (role.as_str()) " role." }
                 @if let Some(m) = secret { (m) }
                 p { a href="/console/users" { "← Back to users" } }
             };
@@ -246,39 +220,21 @@ pub(crate) async fn user_role(
     .await
 }
 
-#[derive(Deserialize)]
-pub(crate) struct TokenForm {
-    name: String,
-    role: Role,
-    expires: Option<String>,
-    #[serde(default)]
-    reason: String,
-}
-
 pub(crate) async fn token_create(
     State(ctx): State<Ctx>,
     Extension(s): S,
-    Form(f): Form<TokenForm>,
+    Form(mut f): Form<super::NewToken>,
 ) -> PageResult {
-    let actor = s.actor.clone();
-    let expires = f
+    // an empty field: the token never expires
+    f.expires = f
         .expires
-        .as_deref()
-        .map(str::trim)
+        .map(|e| e.trim().to_string())
         .filter(|e| !e.is_empty());
-    let expires_ms = crate::auth::expiry_ms(expires).map_err(PageError::bad_request)?;
-    let (id, secret) = crate::auth::new_secret(crate::auth::SecretKind::ApiToken);
-    let op = Op::TokenCreate {
-        id: id.clone(),
-        name: f.name.clone(),
-        role: f.role,
-        secret_hash: crate::auth::hash_secret(&secret),
-        expires_ms,
-    };
-    let out = approvals::submit(&ctx, &actor, op, &f.reason).await?;
+    let (name, role) = (f.name.clone(), f.role);
+    let (out, super::MintedToken { id, secret }) = super::create_token(&ctx, &s.actor, f).await?;
     let shown = html! {
         div.card.secret {
-            h2 { "Token " code { (id) } " for " (f.name) " (shown once)" }
+            h2 { "Token " code { (id) } " for " (name) " (shown once)" }
             p { code.secret-value { (secret) } }
             p.muted { "Copy it now: only its hash is stored, so it cannot be shown again." }
         }
@@ -287,7 +243,7 @@ pub(crate) async fn token_create(
         Submitted::Pending(a) => pending_page(&ctx, &s, &a, Some(shown)).await,
         Submitted::Applied(_) => {
             let body = html! {
-                p.flash.good { "Token created with the " (f.role.as_str()) " role." }
+                p.flash.good { "Token created with the " (role.as_str()) " role." }
                 (shown)
                 p { a href="/console/users" { "← Back to users and tokens" } }
             };

@@ -90,28 +90,38 @@ fn decided_view(d: approvals::Decided) -> Response {
     }
 }
 
+// the caller is the token's owner: a requester cannot approve with any
+// token of theirs
 pub(crate) async fn approval_approve(
-    State(ctx): State<Ctx>,
+    ctx: State<Ctx>,
     caller: Caller,
-    Path(id): Path<String>,
-    Json(r): Json<ReasonReq>,
+    id: Path<String>,
+    r: Json<ReasonReq>,
 ) -> ApiResult<Response> {
-    // the caller is the token's owner: a requester cannot approve with any
-    // token of theirs
-    let actor = caller.actor();
-    let d = approvals::approve(&ctx, &actor, &id, &r.reason).await?;
-    Ok(decided_view(d))
+    decide(ctx, caller, id, r, true).await
 }
 
 pub(crate) async fn approval_reject(
+    ctx: State<Ctx>,
+    caller: Caller,
+    id: Path<String>,
+    r: Json<ReasonReq>,
+) -> ApiResult<Response> {
+    decide(ctx, caller, id, r, false).await
+}
+
+async fn decide(
     State(ctx): State<Ctx>,
     caller: Caller,
     Path(id): Path<String>,
     Json(r): Json<ReasonReq>,
+    approve: bool,
 ) -> ApiResult<Response> {
-    let actor = caller.actor();
-    require_reason(&r.reason)?;
-    let d = approvals::reject(&ctx, &actor, &id, &r.reason).await?;
+    let d = if approve {
+        approvals::approve(&ctx, &caller.0, &id, &r.reason).await?
+    } else {
+        approvals::reject(&ctx, &caller.0, &id, &r.reason).await?
+    };
     Ok(decided_view(d))
 }
 

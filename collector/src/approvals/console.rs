@@ -158,25 +158,35 @@ pub(crate) async fn approvals_page(
 }
 
 pub(crate) async fn approval_approve(
-    State(ctx): State<Ctx>,
-    Extension(s): S,
-    Path(id): Path<String>,
-    Form(f): Form<ReasonForm>,
+    ctx: State<Ctx>,
+    s: S,
+    id: Path<String>,
+    f: Form<ReasonForm>,
 ) -> PageResult {
-    let actor = s.actor.clone();
-    let d = approvals::approve(&ctx, &actor, &id, &f.reason).await?;
-    Ok(decided(&id, d))
+    decide(ctx, s, id, f, true).await
 }
 
 pub(crate) async fn approval_reject(
+    ctx: State<Ctx>,
+    s: S,
+    id: Path<String>,
+    f: Form<ReasonForm>,
+) -> PageResult {
+    decide(ctx, s, id, f, false).await
+}
+
+async fn decide(
     State(ctx): State<Ctx>,
     Extension(s): S,
     Path(id): Path<String>,
     Form(f): Form<ReasonForm>,
+    approve: bool,
 ) -> PageResult {
-    let actor = s.actor.clone();
-    require_reason(&f.reason)?;
-    let d = approvals::reject(&ctx, &actor, &id, &f.reason).await?;
+    let d = if approve {
+        approvals::approve(&ctx, &s.actor, &id, &f.reason).await?
+    } else {
+        approvals::reject(&ctx, &s.actor, &id, &f.reason).await?
+    };
     Ok(decided(&id, d))
 }
 

@@ -231,6 +231,8 @@ pub enum ApprovalError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Forbidden(String),
+    #[error("a reason is required for this change")]
+    ReasonRequired,
 }
 
 impl From<ApprovalError> for crate::kernel::ApiError {
@@ -238,6 +240,10 @@ impl From<ApprovalError> for crate::kernel::ApiError {
         match e {
             ApprovalError::Store(s) => s.into(),
             ApprovalError::Forbidden(m) => crate::kernel::ApiError::forbidden(m),
+            ApprovalError::ReasonRequired => crate::kernel::ApiError::new(
+                crate::kernel::ErrorCode::ReasonRequired,
+                "a reason is required for this change",
+            ),
         }
     }
 }
@@ -358,12 +364,17 @@ pub async fn approve(
     decide(ctx, approver, id, reason, true).await
 }
 
+/// Rejects (or, for the requester, withdraws) request `id`; a rejection
+/// needs a reason.
 pub async fn reject(
     ctx: &Ctx,
     approver: &Actor,
     id: &str,
     reason: &str,
 ) -> Result<Decided, ApprovalError> {
+    if reason.trim().is_empty() {
+        return Err(ApprovalError::ReasonRequired);
+    }
     decide(ctx, approver, id, reason, false).await
 }
 

@@ -1,7 +1,6 @@
 //! The flags' JSON API: definitions (read, apply, set one flag) and revisions.
 
-use crate::approvals::{self, api::submitted};
-use crate::kernel::error::require_reason;
+use crate::approvals::api::submitted;
 use crate::kernel::json::EnvQuery;
 use crate::kernel::{ok, ApiError, ApiResult, Caller, ErrorCode, Json};
 use crate::store;
@@ -16,11 +15,7 @@ pub(crate) async fn flags_get_all(
     State(ctx): State<Ctx>,
     Query(q): Query<EnvQuery>,
 ) -> ApiResult<Response> {
-    let env = q.environment.clone();
-    let latest = ctx
-        .store
-        .read(move |c| store::flags::latest(c, &env))
-        .await?;
+    let latest = super::latest(&ctx, &q.environment).await?;
     let (revision, definition) = match latest {
         Some(r) => (Some(r.revision), r.flags),
         None => (None, store::flags::empty_definition()),
@@ -35,11 +30,7 @@ pub(crate) async fn flag_get(
     Path(key): Path<String>,
     Query(q): Query<EnvQuery>,
 ) -> ApiResult<Response> {
-    let env = q.environment.clone();
-    let latest = ctx
-        .store
-        .read(move |c| store::flags::latest(c, &env))
-        .await?;
+    let latest = super::latest(&ctx, &q.environment).await?;
     let flag = latest
         .as_ref()
         .and_then(|r| r.flags.get("flags").and_then(|f| f.get(&key)).cloned())
@@ -75,10 +66,6 @@ pub(crate) async fn flags_apply(
     caller: Caller,
     Json(r): Json<ApplyReq>,
 ) -> ApiResult<Response> {
-    let actor = caller.actor();
-    if !r.dry_run {
-        require_reason(&r.reason)?;
-    }
     let refused = |e| {
         super::refusal(
             e,
@@ -93,15 +80,28 @@ pub(crate) async fn flags_apply(
             .map_err(refused)?;
         return Ok(ok(&change_view(change)));
     }
-    let op = approvals::Op::flag_apply(r.environment, r.definition);
-    let out = approvals::submit_checked(&ctx, &actor, op, r.accept_warnings, &r.reason)
-        .await
-        .map_err(refused)?;
+    let out = super::apply(
+        &ctx,
+        &caller.0,
+        r.environment,
+        r.definition,
+        r.accept_warnings,
+        &r.reason,
+    )
+    .await
+    .map_err(|e| api_refusal(e, refused))?;
     submitted(out, Value::Null)
 }
 
-/// 200 with the result, or 202 with the pending request when the change
-/// waits for a second person's approval. `extra` members (a secret shown
+fn api_refusal(
+    e: super::Refused,
+    check: impl FnOnce(store::flags::FlagError) -> ApiError,
+) -> ApiError {
+    match e {
+        super::Refused::Rule(e) => e,
+        super::Refused::Check(e) => check(e),
+    }
+}
 
 fn change_view(c: FlagChange) -> Value {
     json!({"revision": c.revision, "changed": c.changed, "diff": c.diff, "diff_text": common::diff::render(&c.diff), "warnings": c.warnings})
@@ -122,23 +122,25 @@ pub(crate) async fn flag_set(
     Path(key): Path<String>,
     Json(r): Json<FlagSetReq>,
 ) -> ApiResult<Response> {
-    let actor = caller.actor();
-    require_reason(&r.reason)?;
-    if r.state.is_none() && r.default_variant.is_none() {
-        return Err(ApiError::bad_request("give state or default_variant"));
-    }
-    let op = approvals::Op::flag_set(r.environment, key, r.state, r.default_variant);
-    // warnings the revision already had were accepted when it was applied;
-    // a new one needs the whole definition applied with accept_warnings
-    let out = approvals::submit_checked(&ctx, &actor, op, false, &r.reason)
-        .await
-        .map_err(|e| {
+    let out = super::set_flag(
+        &ctx,
+        &caller.0,
+        r.environment,
+        key,
+        r.state,
+        r.default_variant,
+        &r.reason,
+    )
+    .await
+    .map_err(|e| {
+        api_refusal(e, |e| {
             super::refusal(
                 e,
                 "the changed definition",
                 "the revision in force does not have them: apply the whole definition with accept_warnings (opsctl flags apply --accept-warnings) to accept them",
             )
-        })?;
+        })
+    })?;
     submitted(out, Value::Null)
 }
 

@@ -1,10 +1,8 @@
 //! The flags' console pages: definitions per environment, set one flag,
 //! diff two revisions, preview and apply a whole definition.
 
-use crate::approvals::{self, console::submitted, Op};
-use crate::console::page::{
-    enc, env_tabs, flashes, notice, page, pick_env, require_reason, EnvQ, Flash, S,
-};
+use crate::approvals::{self, console::submitted};
+use crate::console::page::{enc, env_tabs, flashes, notice, page, pick_env, EnvQ, Flash, S};
 use crate::console::render::{self, diff_table};
 use crate::console::{PageError, PageResult};
 use crate::kernel::{ErrorCode, Role};
@@ -177,23 +175,23 @@ pub(crate) async fn flag_set(
     Extension(s): S,
     Form(f): Form<FlagSetForm>,
 ) -> PageResult {
-    let actor = s.actor.clone();
-    require_reason(&f.reason)?;
-    let op = Op::flag_set(
+    // warnings the revision already had were accepted when it was applied
+    let out = super::set_flag(
+        &ctx,
+        &s.actor,
         f.env.clone(),
         f.key.clone(),
         f.state.filter(|v| !v.is_empty()),
         f.default_variant.filter(|v| !v.is_empty()),
-    );
-    // warnings the revision already had were accepted when it was applied
-    let out = approvals::submit_checked(&ctx, &actor, op, false, &f.reason)
-        .await
-        .map_err(|e| {
-            flag_refusal(
-                e,
-                "This change brings warnings the revision in force does not have. To accept them, apply the whole definition and tick \"apply despite these warnings\".",
-            )
-        })?;
+        &f.reason,
+    )
+    .await
+    .map_err(|e| {
+        flag_refusal(
+            e,
+            "This change brings warnings the revision in force does not have. To accept them, apply the whole definition and tick \"apply despite these warnings\".",
+        )
+    })?;
     submitted(
         &ctx,
         &s,
@@ -268,8 +266,12 @@ fn parse_definition(text: &str) -> Result<Value, PageError> {
 
 /// A refused flag change as a page: an invalid definition (400), or its
 /// warnings, each on its own line (422), followed by `hint`.
-fn flag_refusal(e: store::flags::FlagError, hint: &str) -> PageError {
+fn flag_refusal(e: super::Refused, hint: &str) -> PageError {
     use store::flags::FlagError;
+    let e = match e {
+        super::Refused::Rule(e) => return e.into(),
+        super::Refused::Check(e) => e,
+    };
     match e {
         FlagError::Definition(d) => PageError::bad_request(format!(
             "The definition is invalid (flagd would refuse it): {}",
@@ -302,7 +304,7 @@ pub(crate) async fn flags_preview(
     // compiled on the blocking pool; a preview never uses the writer
     let change = super::preview(&ctx, &f.env, def)
         .await
-        .map_err(|e| flag_refusal(e, ""))?;
+        .map_err(|e| flag_refusal(super::Refused::Check(e), ""))?;
     let protected = approvals::policy(&ctx)
         .await?
         .protected_environments
@@ -341,12 +343,9 @@ pub(crate) async fn flags_apply(
     Extension(s): S,
     Form(f): Form<DefinitionForm>,
 ) -> PageResult {
-    let actor = s.actor.clone();
-    require_reason(&f.reason)?;
     let def = parse_definition(&f.definition)?;
-    let op = Op::flag_apply(f.env.clone(), def);
     let accept = f.accept_warnings.is_some_and(|v| !v.is_empty());
-    let out = approvals::submit_checked(&ctx, &actor, op, accept, &f.reason)
+    let out = super::apply(&ctx, &s.actor, f.env.clone(), def, accept, &f.reason)
         .await
         .map_err(|e| {
             flag_refusal(

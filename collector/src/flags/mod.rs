@@ -117,3 +117,66 @@ pub async fn preview(
         warnings: checked.warnings().to_vec(),
     })
 }
+
+/// The revision in force in `environment`, if any.
+pub async fn latest(
+    ctx: &Ctx,
+    environment: &str,
+) -> crate::store::Result<Option<common::wire::Revision>> {
+    let env = environment.to_string();
+    ctx.store
+        .read(move |c| crate::store::flags::latest(c, &env))
+        .await
+}
+
+/// Why a flag change was refused: a rule of this capability (an API error)
+/// or the definition's check.
+pub enum Refused {
+    Rule(ApiError),
+    Check(FlagError),
+}
+
+impl From<ApiError> for Refused {
+    fn from(e: ApiError) -> Self {
+        Refused::Rule(e)
+    }
+}
+
+/// `flags set`: one flag's state and/or default variant, with a reason. May
+/// wait for an approval; a new warning is refused (the revision's own were
+/// accepted when it was applied).
+pub async fn set_flag(
+    ctx: &Ctx,
+    actor: &crate::kernel::Actor,
+    environment: String,
+    key: String,
+    state: Option<String>,
+    default_variant: Option<String>,
+    reason: &str,
+) -> Result<crate::approvals::Submitted, Refused> {
+    crate::kernel::error::require_reason(reason)?;
+    if state.is_none() && default_variant.is_none() {
+        return Err(ApiError::bad_request("give state or default_variant").into());
+    }
+    let op = crate::approvals::Op::flag_set(environment, key, state, default_variant);
+    crate::approvals::submit_checked(ctx, actor, op, false, reason)
+        .await
+        .map_err(Refused::Check)
+}
+
+/// `flags apply`: a whole definition, with a reason; its warnings must be
+/// accepted (`accept_warnings`). May wait for an approval.
+pub async fn apply(
+    ctx: &Ctx,
+    actor: &crate::kernel::Actor,
+    environment: String,
+    definition: Value,
+    accept_warnings: bool,
+    reason: &str,
+) -> Result<crate::approvals::Submitted, Refused> {
+    crate::kernel::error::require_reason(reason)?;
+    let op = crate::approvals::Op::flag_apply(environment, definition);
+    crate::approvals::submit_checked(ctx, actor, op, accept_warnings, reason)
+        .await
+        .map_err(Refused::Check)
+}

@@ -195,6 +195,39 @@ pub fn require_reason(reason: &str) -> ApiResult<()> {
 mod tests {
     use super::*;
 
+    /// The wire codes and their statuses are contracts: written out here.
+    #[test]
+    fn codes_keep_their_wire_strings_and_statuses() {
+        use ErrorCode::*;
+        let all = [
+            (BadRequest, "BAD_REQUEST", 400),
+            (ParseError, "PARSE_ERROR", 400),
+            (Invalid, "INVALID", 400),
+            (InvalidDefinition, "INVALID_DEFINITION", 400),
+            (ReasonRequired, "REASON_REQUIRED", 400),
+            (Unauthorized, "UNAUTHORIZED", 401),
+            (UnknownAgent, "UNKNOWN_AGENT", 401),
+            (AgentRevoked, "AGENT_REVOKED", 401),
+            (InvalidEnrollToken, "INVALID_ENROLL_TOKEN", 401),
+            (Forbidden, "FORBIDDEN", 403),
+            (EnrollMismatch, "ENROLL_MISMATCH", 403),
+            (NotFound, "NOT_FOUND", 404),
+            (FlagNotFound, "FLAG_NOT_FOUND", 404),
+            (Conflict, "CONFLICT", 409),
+            (Expired, "EXPIRED", 409),
+            (IdentityChanged, "IDENTITY_CHANGED", 409),
+            (PayloadTooLarge, "PAYLOAD_TOO_LARGE", 413),
+            (DefinitionWarnings, "DEFINITION_WARNINGS", 422),
+            (TooManyRequests, "TOO_MANY_REQUESTS", 429),
+            (Unavailable, "UNAVAILABLE", 503),
+            (Internal, "INTERNAL", 500),
+        ];
+        for (code, wire, status) in all {
+            assert_eq!(code.as_str(), wire);
+            assert_eq!(code.status().as_u16(), status, "{wire}");
+        }
+    }
+
     #[test]
     fn the_body_keeps_the_wire_shape() {
         let e = ApiError::new(ErrorCode::DefinitionWarnings, "m").with("warnings", json!(["w"]));
