@@ -25,10 +25,9 @@ pub mod status;
 pub mod store;
 pub mod tls;
 
-/// Roles, actors and secrets under their former path (the store and opsctl
-/// use it).
+/// Roles, actors and secrets under their former path, which the store and
+/// `opsctl` still use.
 pub use access::auth;
-pub use fleet::{hub, ingest};
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
@@ -45,7 +44,7 @@ use tokio_util::task::TaskTracker;
 /// Shared state of the listeners.
 pub struct CtxInner {
     pub store: store::Store,
-    pub hub: Arc<hub::Hub>,
+    pub hub: Arc<fleet::hub::Hub>,
     /// Where every capability gets the time (tests swap it).
     pub clock: Arc<kernel::ClockHandle>,
     pub shutdown: CancellationToken,
@@ -96,7 +95,7 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
     let clock = Arc::new(kernel::ClockHandle::default());
     let ctx: Ctx = Arc::new(CtxInner {
         store,
-        hub: Arc::new(hub::Hub::default()),
+        hub: Arc::new(fleet::hub::Hub::default()),
         clock: clock.clone(),
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
@@ -151,7 +150,7 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
             grace,
         ));
     }
-    let ingest_app = serve_router(ingest::router(ctx.clone()));
+    let ingest_app = serve_router(fleet::ingest::router(ctx.clone()));
     let ingest_stats = ctx.listeners.ingest.clone();
     match tls {
         Some(acceptor) => {
