@@ -814,11 +814,32 @@ async fn sessions_renew_end_and_throttle() {
     h.stop().await;
 }
 
+/// A clock for the collector that the test moves by hand, starting now.
+fn manual_clock(h: &Harness) -> std::sync::Arc<ManualClock> {
+    let clock = std::sync::Arc::new(ManualClock(common::time::now_ms().into()));
+    h.ctx().clock.set(clock.clone());
+    clock
+}
+
+impl ManualClock {
+    fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_time_out() {
-    let h = Harness::start(1_000).await;
+    const IDLE: i64 = 60_000;
+    let h = Harness::start(IDLE).await;
+    let clock = manual_clock(&h);
     let s = h.sessions[&Role::Viewer].clone();
-    tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
+    // activity keeps a session alive past the idle timeout from its start
+    for _ in 0..3 {
+        clock.advance(IDLE / 2);
+        let (status, _) = h.get_page(&s.cookie, "/console/").await;
+        assert_eq!(status, StatusCode::OK, "an active session stays");
+    }
+    clock.advance(IDLE + 1);
     let (status, _) = h.get_page(&s.cookie, "/console/").await;
     assert_eq!(status, StatusCode::SEE_OTHER, "an idle session must end");
     h.stop().await;
@@ -826,31 +847,33 @@ async fn idle_sessions_time_out() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_sessions_still_end_at_the_absolute_timeout() {
-    let h = Harness::start_with(60_000, 3_000).await;
-    // a fresh session: the harness's own were created a while ago
+    const IDLE: i64 = 20 * 60_000;
+    const ABSOLUTE: i64 = 3600_000;
+    let h = Harness::start_with(IDLE, ABSOLUTE).await;
+    let clock = manual_clock(&h);
     let s = h
         .login(&user_name(Role::Viewer), PASSWORD)
         .await
         .expect("login");
     // busy the whole time: every request counts as activity for the idle timer
-    let started = std::time::Instant::now();
-    let mut last = StatusCode::OK;
-    while started.elapsed() < std::time::Duration::from_millis(1_500) {
-        last = h.get_page(&s.cookie, "/console/agents").await.0;
+    let mut elapsed = 0;
+    while elapsed + IDLE / 2 < ABSOLUTE {
+        clock.advance(IDLE / 2);
+        elapsed += IDLE / 2;
+        let (status, _) = h.get_page(&s.cookie, "/console/agents").await;
         assert_eq!(
-            last,
+            status,
             StatusCode::OK,
-            "the session is valid before its absolute timeout"
+            "the session is valid before its absolute timeout ({elapsed} ms)"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    // past the absolute timeout, measured from before the login finished
-    tokio::time::sleep(std::time::Duration::from_millis(3_200).saturating_sub(started.elapsed()))
-        .await;
+    // a minute past the absolute timeout (the login took real time after
+    // the clock was set), though active within the idle timeout
+    clock.advance(ABSOLUTE - elapsed + 60_000);
     let (status, _) = h.get_page(&s.cookie, "/console/agents").await;
     assert_eq!(
-        (last, status),
-        (StatusCode::OK, StatusCode::SEE_OTHER),
+        status,
+        StatusCode::SEE_OTHER,
         "an active session must end at the absolute timeout"
     );
     h.stop().await;
@@ -1408,7 +1431,7 @@ async fn four_eyes_through_tokens() {
     h.stop().await;
 }
 
-/// A clock the test moves by hand (the login throttle's time).
+/// A clock the test moves by hand (sessions, the login throttle).
 struct ManualClock(std::sync::atomic::AtomicI64);
 
 impl collector::kernel::Clock for ManualClock {
@@ -1427,11 +1450,8 @@ impl collector::kernel::Clock for ManualClock {
 async fn login_throttle_counts_before_hashing() {
     use collector::console::login_limits::*;
     let h = Harness::start(15 * 60 * 1000).await;
-    let clock = std::sync::Arc::new(ManualClock(common::time::now_ms().into()));
-    h.ctx().clock.set(clock.clone());
-    let advance = |ms: i64| {
-        clock.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
-    };
+    let clock = manual_clock(&h);
+    let advance = |ms: i64| clock.advance(ms);
     let failed_before = failed_logins(&h).await;
     let mut calls = Vec::new();
     for i in 0..40 {
