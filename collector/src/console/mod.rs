@@ -213,12 +213,19 @@ pub fn clear_cookie(state: &ConsoleState) -> String {
     format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
 }
 
-/// Whether `path` is reachable without a session.
+/// Whether `path` is reachable without a session: the console paths whose
+/// routes are declared [`Access::Public`] (read once from the tables).
 fn is_public(path: &str) -> bool {
-    path == "/"
-        || path == "/console"
-        || path == "/console/login"
-        || path.starts_with("/console/static/")
+    static PUBLIC: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    PUBLIC
+        .get_or_init(|| {
+            crate::routes::all()
+                .into_iter()
+                .filter(|r| r.access == Access::Public)
+                .map(|r| r.path)
+                .collect()
+        })
+        .contains(&path)
 }
 
 /// A session as loaded for one request.
