@@ -848,7 +848,7 @@ async fn idle_sessions_time_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_sessions_still_end_at_the_absolute_timeout() {
     const IDLE: i64 = 20 * 60_000;
-    const ABSOLUTE: i64 = 3600_000;
+    const ABSOLUTE: i64 = 3_600_000;
     let h = Harness::start_with(IDLE, ABSOLUTE).await;
     let clock = manual_clock(&h);
     let s = h

@@ -840,7 +840,14 @@ fn enrollment_tokens_are_single_use_countable_and_revocable() {
         "leaked",
     ]);
     assert_eq!(enroll(&c, &spare, "d"), 401);
-    let out = c.opsctl(&["agents", "enroll-tokens", "revoke", &id, "--reason", "again"]);
+    let out = c.opsctl(&[
+        "agents",
+        "enroll-tokens",
+        "revoke",
+        &id,
+        "--reason",
+        "again",
+    ]);
     assert_eq!(out.status.code(), Some(1), "revoking twice fails");
     let audit = c.json(&["audit", "list", "--action", "agent.enroll_token.revoke"]);
     assert_eq!(audit["entries"].as_array().unwrap().len(), 1);
