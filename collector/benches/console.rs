@@ -5,8 +5,8 @@
 //! must stay under 50 ms. Run with `cargo bench -p collector --bench console`.
 
 use collector::approvals::Policy;
-use collector::auth::{Actor, Role};
 use collector::config::{AdminSettings, Settings};
+use collector::kernel::{Actor, Role};
 use collector::store;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ fn main() {
 
 async fn seed(st: &store::Store) {
     let a = Actor::system("system:bench");
-    let hash = collector::auth::hash_password(PASSWORD).unwrap();
+    let hash = collector::access::auth::hash_password(PASSWORD).unwrap();
     let a2 = a.clone();
     let mut flags = serde_json::Map::new();
     for i in 0..FLAGS {

@@ -389,7 +389,7 @@ fn resolve(src: &ConfigSource, cfg: Config) -> Result<Settings, ConfigErrors> {
         ));
     }
     for env in &approvals.protected_environments {
-        if crate::store::users::validate_name(env).is_err() {
+        if !crate::kernel::names::is_valid(env) {
             errors.push(src.error(
                 "approvals.protected_environments",
                 format!("invalid environment name {env:?}"),

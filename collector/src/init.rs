@@ -1,7 +1,8 @@
 //! `opsplane-collector init`: creates the database, the first admin user and
 //! an admin API token.
 
-use crate::auth::{self, Actor, Role};
+use crate::access::auth;
+use crate::kernel::{Actor, Role};
 use crate::store::{self, Store};
 use anyhow::{bail, Context};
 use std::path::Path;

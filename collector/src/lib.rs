@@ -2,20 +2,32 @@
 //! `opsctl`) are thin, and tests start a collector in-process with [`start`].
 #![forbid(unsafe_code)]
 
-pub mod actions;
-pub mod admin;
-pub mod api;
+//!
+//! The collector is cut by capability over a small kernel (see
+//! ARCHITECTURE.md, "Code map"): [`kernel`] holds what every capability
+//! uses; [`access`], [`fleet`], [`flags`], [`killswitches`], [`approvals`]
+//! and [`audit`] each hold their JSON API, console pages, routes and audit
+//! actions; [`routes`] composes the admin listener from their tables.
+
+pub mod access;
 pub mod approvals;
-pub mod auth;
+pub mod audit;
 pub mod config;
 pub mod console;
-pub mod hub;
-pub mod ingest;
+pub mod flags;
+pub mod fleet;
 pub mod init;
+pub mod kernel;
+pub mod killswitches;
 pub mod metrics;
+pub mod routes;
 pub mod status;
 pub mod store;
 pub mod tls;
+
+/// Roles, actors and secrets under their former path, which the store and
+/// `opsctl` still use.
+pub use access::auth;
 
 use anyhow::Context;
 use axum::extract::ConnectInfo;
@@ -32,7 +44,9 @@ use tokio_util::task::TaskTracker;
 /// Shared state of the listeners.
 pub struct CtxInner {
     pub store: store::Store,
-    pub hub: Arc<hub::Hub>,
+    pub hub: Arc<fleet::hub::Hub>,
+    /// Where every capability gets the time (tests swap it).
+    pub clock: Arc<kernel::ClockHandle>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     /// The four-eyes policy from the config (a policy saved in the console wins).
@@ -78,13 +92,15 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
     }
     let store = store::Store::open(&settings.data_dir).context("opening the database")?;
     let shutdown = CancellationToken::new();
+    let clock = Arc::new(kernel::ClockHandle::default());
     let ctx: Ctx = Arc::new(CtxInner {
         store,
-        hub: Arc::new(hub::Hub::default()),
+        hub: Arc::new(fleet::hub::Hub::default()),
+        clock: clock.clone(),
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
         approval_defaults: settings.approvals.clone(),
-        console: console::ConsoleState::new(&settings.admin),
+        console: console::ConsoleState::new(&settings.admin, clock),
         listeners: ListenerStatsSet::default(),
         metrics_token: settings.listeners.metrics_token.clone(),
     });
@@ -111,7 +127,7 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
     let mut servers = tokio::task::JoinSet::new();
     let limits = &settings.listeners;
     let grace = SHUTDOWN_GRACE.saturating_sub(Duration::from_secs(1));
-    let admin_app = admin::router(ctx.clone()).layer(axum::middleware::from_fn_with_state(
+    let admin_app = routes::admin_router(ctx.clone()).layer(axum::middleware::from_fn_with_state(
         ctx.clone(),
         metrics::metrics_guard,
     ));
@@ -134,7 +150,7 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
             grace,
         ));
     }
-    let ingest_app = serve_router(ingest::router(ctx.clone()));
+    let ingest_app = serve_router(fleet::ingest::router(ctx.clone()));
     let ingest_stats = ctx.listeners.ingest.clone();
     match tls {
         Some(acceptor) => {

@@ -3,7 +3,7 @@
 //! is no state to keep in sync. With `[admin] metrics_token_file`, the
 //! endpoint needs `Authorization: Bearer <token>` ([`metrics_guard`]).
 
-use crate::api::ApiResult;
+use crate::kernel::{bearer, constant_time_eq, ApiError, ApiResult};
 use crate::store;
 use crate::Ctx;
 use axum::extract::{Request, State};
@@ -15,7 +15,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use sha2::{Digest, Sha256};
 use std::sync::atomic::Ordering;
 
 pub async fn render(ctx: &Ctx) -> ApiResult<String> {
@@ -33,14 +32,14 @@ pub async fn render(ctx: &Ctx) -> ApiResult<String> {
     reg.register("build_info", "Build information", build);
 
     let by_state = Family::<Vec<(String, String)>, Gauge>::default();
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     for s in ["connected", "stale", "gone", "revoked"] {
         by_state
             .get_or_create(&vec![("state".into(), s.into())])
             .set(0);
     }
     for a in &agents {
-        let s = crate::admin::agent_state(ctx, a, now);
+        let s = crate::fleet::agent_state(ctx, a, now);
         by_state
             .get_or_create(&vec![("state".into(), s.into())])
             .inc();
@@ -103,7 +102,7 @@ pub async fn render(ctx: &Ctx) -> ApiResult<String> {
     );
 
     let mut out = String::new();
-    encode(&mut out, &reg).map_err(|_| crate::api::ApiError::internal())?;
+    encode(&mut out, &reg).map_err(|_| ApiError::internal())?;
     Ok(out)
 }
 
@@ -113,13 +112,8 @@ pub async fn render(ctx: &Ctx) -> ApiResult<String> {
 pub async fn metrics_guard(State(ctx): State<Ctx>, req: Request, next: Next) -> Response {
     if let Some(want) = &ctx.metrics_token {
         if req.uri().path() == "/metrics" && req.method() == Method::GET {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .map(str::trim);
-            if !given.is_some_and(|g| token_eq(g, want)) {
+            let given = bearer(req.headers());
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), want.as_bytes())) {
                 let body =
                     common::wire::ErrorBody::new("UNAUTHORIZED", "missing or wrong metrics token");
                 let mut r = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
@@ -130,15 +124,4 @@ pub async fn metrics_guard(State(ctx): State<Ctx>, req: Request, next: Next) -> 
         }
     }
     next.run(req).await
-}
-
-/// Constant-time comparison of two secrets (of their SHA-256 digests, so the
-/// length is not revealed either).
-fn token_eq(given: &str, want: &str) -> bool {
-    let a = Sha256::digest(given.as_bytes());
-    let b = Sha256::digest(want.as_bytes());
-    a.iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-        == 0
 }

@@ -2,7 +2,7 @@
 //! for now it answers health and an overall state (components and incidents
 //! come with the status-page capability).
 
-use crate::api::{healthz, not_found};
+use crate::kernel::json::{healthz, not_found};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;

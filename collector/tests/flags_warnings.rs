@@ -8,8 +8,8 @@
 //! them compiles on the store's writer thread or an async worker.
 
 use collector::approvals::Policy;
-use collector::auth::{Actor, Role};
 use collector::config::Settings;
+use collector::kernel::{Actor, Role};
 use collector::store;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -60,7 +60,7 @@ impl Harness {
         let running = collector::start(settings).await.unwrap();
         let base = format!("http://{}", running.admin_addr);
         let st = running.ctx.store.clone();
-        let hash = collector::auth::hash_password(PASSWORD).unwrap();
+        let hash = collector::access::auth::hash_password(PASSWORD).unwrap();
         let seed = store::flags::check_apply(seed_definition()).await.unwrap();
         let alice_token = st
             .write(move |tx| {

@@ -4,8 +4,8 @@
 //! the admin `/metrics` can require a token. A collector runs in-process on
 //! 127.0.0.1:0; every wait has a deadline, none is a sleep.
 
-use collector::auth::Actor;
 use collector::config::Settings;
+use collector::kernel::Actor;
 use collector::store;
 use std::future::Future;
 use std::net::SocketAddr;

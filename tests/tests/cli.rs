@@ -172,7 +172,7 @@ fn secrets_are_printed_once_on_the_last_line_and_stored_hashed() {
         .as_str()
         .unwrap()
         .to_string();
-    c.ok(&["tokens", "revoke", &id]);
+    c.ok(&["tokens", "revoke", &id, "--reason", "ci is gone"]);
     assert_eq!(
         c.opsctl_as(&secret, &["agents", "list"]).status.code(),
         Some(1)
@@ -840,7 +840,14 @@ fn enrollment_tokens_are_single_use_countable_and_revocable() {
         "leaked",
     ]);
     assert_eq!(enroll(&c, &spare, "d"), 401);
-    let out = c.opsctl(&["agents", "enroll-tokens", "revoke", &id]);
+    let out = c.opsctl(&[
+        "agents",
+        "enroll-tokens",
+        "revoke",
+        &id,
+        "--reason",
+        "again",
+    ]);
     assert_eq!(out.status.code(), Some(1), "revoking twice fails");
     let audit = c.json(&["audit", "list", "--action", "agent.enroll_token.revoke"]);
     assert_eq!(audit["entries"].as_array().unwrap().len(), 1);

@@ -14,19 +14,20 @@
 //! TLS proxy every user shares one address, so a busy address refuses only
 //! accounts that already failed recently, never a user's first attempt.
 //! The counts live in memory: a restart clears them (acceptable: a restart
-//! is slow and visible in the logs). Time comes from an injectable [`Clock`].
+//! is slow and visible in the logs). Time comes from the collector's
+//! injectable clock (`kernel::clock`).
 
 use super::{
     render, secure, session_cookie, source_of, user_agent_of, PageError, PageResult, Session,
 };
-use crate::auth::{hash_secret, new_secret, verify_password, Actor, Role, SecretKind};
+use crate::access::auth::{hash_secret, new_secret, verify_password, SecretKind};
+use crate::kernel::{Actor, ClockHandle, ErrorCode, Role};
 use crate::store;
 use crate::Ctx;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Router};
+use axum::Extension;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,20 +51,6 @@ pub const MAX_CONCURRENT_HASHES: usize = 2;
 const HASH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Bound on the number of remembered keys (memory stays bounded under a flood).
 const MAX_KEYS: usize = 50_000;
-
-/// Where the throttle gets the time; tests inject their own.
-pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> i64;
-}
-
-/// The wall clock.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        common::time::now_ms()
-    }
-}
 
 #[derive(Default)]
 struct Account {
@@ -118,15 +105,16 @@ pub struct Throttled {
 
 pub struct Limiter {
     counts: Mutex<Counts>,
-    clock: Mutex<Arc<dyn Clock>>,
+    clock: Arc<ClockHandle>,
     hashing: tokio::sync::Semaphore,
 }
 
-impl Default for Limiter {
-    fn default() -> Self {
+impl Limiter {
+    /// A throttle reading the time from `clock` (the collector's, `Ctx::clock`).
+    pub fn new(clock: Arc<ClockHandle>) -> Self {
         Limiter {
             counts: Mutex::default(),
-            clock: Mutex::new(Arc::new(SystemClock)),
+            clock,
             hashing: tokio::sync::Semaphore::new(MAX_CONCURRENT_HASHES),
         }
     }
@@ -169,16 +157,8 @@ fn secs_until(until_ms: i64, now_ms: i64) -> i64 {
 }
 
 impl Limiter {
-    /// Replaces the clock (tests).
-    pub fn set_clock(&self, clock: Arc<dyn Clock>) {
-        *self.clock.lock().unwrap_or_else(|p| p.into_inner()) = clock;
-    }
-
     pub fn now_ms(&self) -> i64 {
-        self.clock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .now_ms()
+        self.clock.now_ms()
     }
 
     /// Reserves one attempt for `user` from `addr`, or says how long to wait.
@@ -277,14 +257,8 @@ impl Limiter {
     }
 }
 
-pub fn routes() -> Router<Ctx> {
-    Router::new()
-        .route("/console/login", get(login_page).post(login))
-        .route("/console/logout", post(logout))
-}
-
 #[derive(Deserialize, Default)]
-struct LoginQuery {
+pub(super) struct LoginQuery {
     next: Option<String>,
 }
 
@@ -298,7 +272,7 @@ fn safe_next(next: Option<&str>) -> String {
     }
 }
 
-async fn login_page(Query(q): Query<LoginQuery>) -> Response {
+pub(super) async fn login_page(Query(q): Query<LoginQuery>) -> Response {
     super::html_response(render::login_page(&safe_next(q.next.as_deref()), None, ""))
 }
 
@@ -318,14 +292,14 @@ fn dummy_hash() -> &'static str {
     H.get_or_init(|| crate::auth::hash_password("not a real password").unwrap_or_default())
 }
 
-async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
+pub(super) async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
     let source = source_of(&req);
     let user_agent = user_agent_of(req.headers());
     // a session already held by this browser ends at the next sign-in
     let previous = super::cookie_value(req.headers(), super::COOKIE).map(|c| hash_secret(&c));
     let bytes = axum::body::to_bytes(req.into_body(), super::MAX_FORM_BYTES)
         .await
-        .map_err(|_| PageError::new(StatusCode::PAYLOAD_TOO_LARGE, "form too large"))?;
+        .map_err(|_| PageError::new(ErrorCode::PayloadTooLarge, "form too large"))?;
     let form: LoginForm = serde_urlencoded::from_bytes(&bytes)
         .map_err(|_| PageError::bad_request("malformed sign-in form"))?;
     let next = safe_next(form.next.as_deref());
@@ -431,7 +405,10 @@ async fn login(State(ctx): State<Ctx>, req: Request) -> PageResult {
     Ok(resp)
 }
 
-async fn logout(State(ctx): State<Ctx>, Extension(session): Extension<Session>) -> PageResult {
+pub(super) async fn logout(
+    State(ctx): State<Ctx>,
+    Extension(session): Extension<Session>,
+) -> PageResult {
     let (actor, h) = (session.actor.clone(), session.id_hash.clone());
     ctx.store
         .write(move |tx| store::sessions::logout(tx, &actor, &h))
@@ -443,6 +420,7 @@ async fn logout(State(ctx): State<Ctx>, Extension(session): Extension<Session>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::Clock;
 
     struct Manual(std::sync::atomic::AtomicI64);
     impl Clock for Manual {
@@ -454,8 +432,9 @@ mod tests {
     #[test]
     fn limiter_reserves_before_hashing_backs_off_and_uses_the_address_second() {
         let clock = Arc::new(Manual(1_000_000.into()));
-        let l = Limiter::default();
-        l.set_clock(clock.clone());
+        let handle = Arc::new(ClockHandle::default());
+        handle.set(clock.clone());
+        let l = Limiter::new(handle);
         let advance = |ms: i64| clock.0.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
         // a burst: only the budget is reserved, the rest refused at once
         let held: Vec<_> = (0..MAX_PER_ACCOUNT)

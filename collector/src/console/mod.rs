@@ -3,30 +3,36 @@
 //! embedded script for live updates; no inline script or style, so the
 //! Content-Security-Policy can forbid both.
 //!
-//! Every console request passes [`guard`]: it authenticates the session
-//! cookie (idle and absolute timeouts, id renewed when the user's role
-//! changed), refuses cross-site POSTs and POSTs without the session's CSRF
-//! token, and adds the security headers. Each handler then checks the role
-//! it needs on the server; the pages only hide what a role cannot do.
+//! This module is the console's frame only; each capability's pages live in
+//! its own folder (`flags/console.rs`, ...). Every console request passes
+//! [`guard`]: it authenticates the session cookie (idle and absolute
+//! timeouts, id renewed when the user's role changed), refuses cross-site
+//! POSTs, and adds the security headers. Then [`route_guard`], built from
+//! the route's declaration (`kernel::route`), reads a POST's form within the
+//! route's body limit, refuses it without the session's CSRF token, and
+//! checks the route's role; the pages only hide what a role cannot do.
 
 mod login;
-mod pages;
-mod render;
+pub mod page;
+pub mod render;
 
-use crate::api::ApiError;
-use crate::auth::{hash_secret, new_secret, Actor, Role, SecretKind};
+pub use page::*;
+
+use crate::access::auth::{hash_secret, new_secret, SecretKind};
+use crate::kernel::route::Declared;
+use crate::kernel::{constant_time_eq, Access, Actor, ApiError, ErrorCode, Role, Route};
 use crate::store;
 use crate::Ctx;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
-use axum::Router;
-use std::net::SocketAddr;
 
-pub use login::{Clock, Limiter, SystemClock, Throttled};
+pub use crate::kernel::caller::user_agent_of;
+pub use crate::kernel::route::MAX_FORM_BYTES;
+pub use crate::kernel::{Clock, SystemClock};
+pub use login::{Limiter, Throttled};
 
 /// The login throttle's limits (tests and docs refer to them).
 pub mod login_limits {
@@ -37,8 +43,6 @@ pub mod login_limits {
 }
 
 pub const COOKIE: &str = "opsplane_session";
-/// Body limit of console forms; flag definitions get [`crate::api::MAX_DEFINITION_BYTES`].
-pub const MAX_FORM_BYTES: usize = 64 * 1024;
 /// Sessions are touched at most this often (a write per request is wasteful).
 const TOUCH_EVERY_MS: i64 = 15_000;
 /// Header the console script sends on its background refreshes: they do not
@@ -59,12 +63,15 @@ pub struct ConsoleState {
 }
 
 impl ConsoleState {
-    pub fn new(s: &crate::config::AdminSettings) -> Self {
+    pub fn new(
+        s: &crate::config::AdminSettings,
+        clock: std::sync::Arc<crate::kernel::ClockHandle>,
+    ) -> Self {
         ConsoleState {
             idle_timeout_ms: s.session_idle_timeout_ms,
             absolute_timeout_ms: s.session_absolute_timeout_ms,
             secure_cookie: s.secure_cookie,
-            limiter: Limiter::default(),
+            limiter: Limiter::new(clock),
         }
     }
 }
@@ -72,78 +79,56 @@ impl ConsoleState {
 /// The signed-in user of a console request.
 #[derive(Clone, Debug)]
 pub struct Session {
+    /// The signed-in user: the same caller type as an API token's.
     pub actor: Actor,
     pub csrf: String,
     pub id_hash: String,
+    /// The CSRF token replaced by this very request's renewal: accepted for
+    /// this request only (its form was rendered before the renewal).
+    pub replaced_csrf: Option<String>,
 }
 
 impl Session {
     pub fn can(&self, role: Role) -> bool {
         self.actor.role.allows(role)
     }
-
-    pub fn require(&self, role: Role) -> Result<&Actor, PageError> {
-        if self.can(role) {
-            Ok(&self.actor)
-        } else {
-            Err(PageError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "This needs the {} role; you ({}) have the {} role.",
-                    role.as_str(),
-                    self.actor.name,
-                    self.actor.role.as_str()
-                ),
-            ))
-        }
-    }
 }
 
-/// An error shown as an HTML page.
+/// The API's error ([`ApiError`], same codes) rendered as an HTML page.
 #[derive(Debug)]
-pub struct PageError {
-    pub status: StatusCode,
-    pub message: String,
-}
+pub struct PageError(pub ApiError);
 
 impl PageError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        PageError {
-            status,
-            message: message.into(),
-        }
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        PageError(ApiError::new(code, message))
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
+        Self::new(ErrorCode::BadRequest, message)
     }
 }
 
 impl From<store::StoreError> for PageError {
     fn from(e: store::StoreError) -> Self {
-        ApiError::from(e).into()
+        PageError(e.into())
     }
 }
 
 impl From<ApiError> for PageError {
     fn from(e: ApiError) -> Self {
-        PageError::new(e.status, e.message)
+        PageError(e)
     }
 }
 
 impl From<crate::approvals::ApprovalError> for PageError {
     fn from(e: crate::approvals::ApprovalError) -> Self {
-        match e {
-            crate::approvals::ApprovalError::Store(s) => s.into(),
-            crate::approvals::ApprovalError::Forbidden(m) => {
-                PageError::new(StatusCode::FORBIDDEN, m)
-            }
-        }
+        PageError(e.into())
     }
 }
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
-        let title = match self.status {
+        let status = self.0.status();
+        let title = match status {
             StatusCode::FORBIDDEN => "Not allowed",
             StatusCode::NOT_FOUND => "Not found",
             StatusCode::CONFLICT => "Conflict",
@@ -151,9 +136,9 @@ impl IntoResponse for PageError {
             s if s.is_server_error() => "Something went wrong",
             _ => "Cannot do that",
         };
-        let body = render::error_page(title, &self.message);
+        let body = render::error_page(title, &self.0.message);
         let mut r = html_response(body);
-        *r.status_mut() = self.status;
+        *r.status_mut() = status;
         r
     }
 }
@@ -168,16 +153,23 @@ pub fn html_response(m: maud::Markup) -> Response {
         .into_response()
 }
 
-/// The console's routes, to merge into the admin router.
-pub fn router(ctx: Ctx) -> Router<Ctx> {
-    Router::new()
-        .route("/", get(|| async { Redirect::to("/console/") }))
-        .route("/console", get(|| async { Redirect::to("/console/") }))
-        .merge(login::routes())
-        .merge(pages::routes())
-        .route("/console/static/console.css", get(css))
-        .route("/console/static/console.js", get(js))
-        .layer(middleware::from_fn_with_state(ctx, guard))
+/// The frame's own routes: the way in, sign-in and sign-out, static files.
+pub fn routes() -> Vec<Route> {
+    vec![
+        Route::get("/", Access::Public, to_console),
+        Route::get("/console", Access::Public, to_console),
+        Route::get("/console/login", Access::Public, login::login_page),
+        // reads its own form (no session yet, so no CSRF token)
+        Route::post("/console/login", Access::Public, login::login),
+        // any signed-in user, with the session's CSRF token
+        Route::post("/console/logout", Role::Viewer, login::logout),
+        Route::get("/console/static/console.css", Access::Public, css),
+        Route::get("/console/static/console.js", Access::Public, js),
+    ]
+}
+
+async fn to_console() -> Redirect {
+    Redirect::to("/console/")
 }
 
 async fn css() -> Response {
@@ -197,20 +189,7 @@ async fn js() -> Response {
 }
 
 pub fn source_of(req: &Request) -> String {
-    req.extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-pub fn user_agent_of(headers: &HeaderMap) -> String {
-    headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .chars()
-        .take(200)
-        .collect()
+    crate::kernel::caller::source_of(req.extensions())
 }
 
 pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -234,16 +213,19 @@ pub fn clear_cookie(state: &ConsoleState) -> String {
     format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Whether `path` is reachable without a session.
+/// Whether `path` is reachable without a session: the console paths whose
+/// routes are declared [`Access::Public`] (read once from the tables).
 fn is_public(path: &str) -> bool {
-    path == "/"
-        || path == "/console"
-        || path == "/console/login"
-        || path.starts_with("/console/static/")
+    static PUBLIC: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    PUBLIC
+        .get_or_init(|| {
+            crate::routes::all()
+                .into_iter()
+                .filter(|r| r.access == Access::Public)
+                .map(|r| r.path)
+                .collect()
+        })
+        .contains(&path)
 }
 
 /// A session as loaded for one request.
@@ -251,9 +233,6 @@ struct Loaded {
     session: Session,
     /// The cookie of a renewed session id.
     renewed_cookie: Option<String>,
-    /// The CSRF token replaced by this very request's renewal: accepted for
-    /// this request only (its form was rendered before the renewal).
-    replaced_csrf: Option<String>,
 }
 
 /// Looks the session up and applies the timeouts; renews the id when the
@@ -274,7 +253,7 @@ async fn load_session(
     else {
         return Ok(None);
     };
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     let st = &ctx.console;
     if now - row.last_seen_ms > st.idle_timeout_ms || now - row.created_ms > st.absolute_timeout_ms
     {
@@ -319,14 +298,14 @@ async fn load_session(
             actor: Actor::user(&row.user, row.role, source, user_agent),
             csrf,
             id_hash,
+            replaced_csrf,
         },
         renewed_cookie: cookie,
-        replaced_csrf,
     }))
 }
 
 /// Authentication, CSRF and security headers for every console route.
-async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
+pub async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     let post = req.method() == Method::POST;
     let mut set_cookie = None;
@@ -360,7 +339,6 @@ async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response
         let Some(Loaded {
             session,
             renewed_cookie: renewed,
-            replaced_csrf,
         }) = loaded
         else {
             if live {
@@ -378,51 +356,75 @@ async fn guard(State(ctx): State<Ctx>, mut req: Request, next: Next) -> Response
             );
         };
         set_cookie = renewed;
-        if post {
-            let limit = if path.starts_with("/console/flags/") {
-                crate::api::MAX_DEFINITION_BYTES
-            } else {
-                MAX_FORM_BYTES
-            };
-            let (parts, body) = req.into_parts();
-            let bytes = match axum::body::to_bytes(body, limit).await {
-                Ok(b) => b,
-                Err(_) => {
-                    return secure(
-                        PageError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            format!("form larger than {limit} bytes"),
-                        )
-                        .into_response(),
-                        set_cookie,
-                    )
-                }
-            };
-            let fields: Vec<(String, String)> =
-                serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
-            let given = fields
-                .iter()
-                .find(|(k, _)| k == "csrf")
-                .map(|(_, v)| v.as_str())
-                .unwrap_or("");
-            let matches = constant_time_eq(given.as_bytes(), session.csrf.as_bytes())
-                || replaced_csrf
-                    .as_ref()
-                    .is_some_and(|old| constant_time_eq(given.as_bytes(), old.as_bytes()));
-            if !matches {
-                tracing::warn!(user = %session.actor.name, path = %path, "console post without a valid csrf token refused");
-                return secure(forbidden_csrf("the form's security token is missing or wrong; reload the page and try again"), set_cookie);
-            }
-            req = Request::from_parts(parts, Body::from(bytes));
-        }
         req.extensions_mut().insert(session);
     }
     let resp = next.run(req).await;
     secure(resp, set_cookie)
 }
 
+/// The layer of every console route, made from its declaration: for a
+/// POST, reads the form within the route's body limit (413) and refuses it
+/// without the session's CSRF token (403); then checks the route's role
+/// (403). Public routes pass untouched.
+pub async fn route_guard(State(d): State<Declared>, req: Request, next: Next) -> Response {
+    let Access::Role(needed) = d.access else {
+        return next.run(req).await;
+    };
+    let Some(session) = req.extensions().get::<Session>().cloned() else {
+        // [`guard`] lets no request without a session this far
+        return PageError(ApiError::internal()).into_response();
+    };
+    let mut req = req;
+    if req.method() == Method::POST {
+        let limit = d.body_limit;
+        let (parts, body) = req.into_parts();
+        let bytes = match axum::body::to_bytes(body, limit).await {
+            Ok(b) => b,
+            Err(_) => {
+                return PageError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("form larger than {limit} bytes"),
+                )
+                .into_response()
+            }
+        };
+        let fields: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
+        let given = fields
+            .iter()
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
+        let matches = constant_time_eq(given.as_bytes(), session.csrf.as_bytes())
+            || session
+                .replaced_csrf
+                .as_ref()
+                .is_some_and(|old| constant_time_eq(given.as_bytes(), old.as_bytes()));
+        if !matches {
+            tracing::warn!(user = %session.actor.name, path = %parts.uri.path(), "console post without a valid csrf token refused");
+            return forbidden_csrf(
+                "the form's security token is missing or wrong; reload the page and try again",
+            );
+        }
+        req = Request::from_parts(parts, Body::from(bytes));
+    }
+    if !session.can(needed) {
+        return PageError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "This needs the {} role; you ({}) have the {} role.",
+                needed.as_str(),
+                session.actor.name,
+                session.actor.role.as_str()
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 fn forbidden_csrf(msg: &str) -> Response {
-    PageError::new(StatusCode::FORBIDDEN, msg).into_response()
+    PageError::new(ErrorCode::Forbidden, msg).into_response()
 }
 
 /// Adds the console's security headers (and a renewed session cookie).
@@ -453,7 +455,7 @@ fn secure(mut resp: Response, cookie: Option<String>) -> Response {
 
 /// Deletes sessions past their idle or absolute timeout.
 pub async fn purge_sessions(ctx: &Ctx) -> store::Result<usize> {
-    let now = common::time::now_ms();
+    let now = ctx.clock.now_ms();
     let (idle, abs) = (
         now - ctx.console.idle_timeout_ms,
         now - ctx.console.absolute_timeout_ms,

@@ -12,15 +12,23 @@ pub struct Chrome<'a> {
     pub pending_approvals: i64,
 }
 
-const NAV: &[(&str, &str, &str)] = &[
-    ("overview", "/console/", "Overview"),
-    ("agents", "/console/agents", "Agents"),
-    ("flags", "/console/flags", "Flags"),
-    ("killswitches", "/console/killswitches", "Kill switches"),
-    ("audit", "/console/audit", "Audit"),
-    ("approvals", "/console/approvals", "Approvals"),
-    ("users", "/console/users", "Users"),
-];
+/// The navigation bar: every console page whose route declares a `nav`
+/// entry (`kernel::route`), in their order; read once from the tables.
+fn nav() -> &'static [(&'static str, &'static str, &'static str)] {
+    static NAV: std::sync::OnceLock<Vec<(&'static str, &'static str, &'static str)>> =
+        std::sync::OnceLock::new();
+    NAV.get_or_init(|| {
+        let mut entries: Vec<_> = crate::routes::all()
+            .into_iter()
+            .filter_map(|r| r.nav.map(|n| (n.order, n.key, r.path, n.label)))
+            .collect();
+        entries.sort();
+        entries
+            .into_iter()
+            .map(|(_, key, path, label)| (key, path, label))
+            .collect()
+    })
+}
 
 fn head(title: &str) -> Markup {
     html! {
@@ -42,7 +50,7 @@ pub fn layout(c: &Chrome<'_>, active: &str, title: &str, body: Markup) -> Markup
                 header.top {
                     a.brand href="/console/" { "Opsplane" }
                     nav {
-                        @for (key, href, label) in NAV {
+                        @for (key, href, label) in nav() {
                             a href=(href) class=@if *key == active { "active" } {
                                 (label)
                                 @if *key == "approvals" && c.pending_approvals > 0 {

@@ -1,195 +1,13 @@
-//! Four-eyes approvals: which operations need a second person (the policy),
-//! and the one place that runs those operations, whether at once or later on
-//! approval. Both the JSON API and the console go through [`submit`],
-//! [`approve`] and [`reject`]; nothing here bypasses the store functions, so
-//! an approved change writes the same revision and audit entries as a direct
-//! one, inside the approval's transaction.
-//!
-//! Invariants: nobody approves their own request (admins included): requests
-//! and approvers are compared by person (a token's owner), however each
-//! arrives, session or any of their tokens; a request whose token was revoked
-//! or whose person no longer has the role cannot be approved; the approver
-//! needs the role the operation needs; what runs is exactly what was shown (the
-//! diff is recomputed and must match); emergency actions (kill, revive)
-//! never come here.
+//! Running approvable operations: at once, or recorded as a pending
+//! request and run on approval (see the module doc of `approvals`).
 
-use crate::auth::{Actor, Role};
+use super::{Op, Policy, MAX_EXPIRE_AFTER, MIN_EXPIRE_AFTER};
+use crate::kernel::Actor;
 use crate::store::{self, approvals::Approval, flags::FlagError, StoreError};
 use crate::Ctx;
 use common::wire::Revision;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::sync::Arc;
-
-/// Which operations need a second person's approval.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Policy {
-    /// Flag changes (set, apply) in these environments.
-    pub protected_environments: Vec<String>,
-    /// Creating users or API tokens (each carries a role) and changing roles.
-    pub grant_roles: bool,
-    /// Pending requests expire after this long.
-    pub expire_after_ms: i64,
-}
-
-/// Longest time a request may wait for approval.
-pub const MAX_EXPIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
-/// Shortest time a request waits for approval.
-pub const MIN_EXPIRE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Parses a request expiry (`"24h"`) within [`MIN_EXPIRE_AFTER`] and
-/// [`MAX_EXPIRE_AFTER`], into milliseconds.
-pub fn parse_expire_after(s: &str) -> Result<i64, String> {
-    let d = common::config::parse_duration_max(s, MAX_EXPIRE_AFTER, "request expiry")?;
-    if d < MIN_EXPIRE_AFTER {
-        return Err("requests must stay open at least one minute".into());
-    }
-    Ok(d.as_millis() as i64)
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            protected_environments: Vec::new(),
-            grant_roles: true,
-            expire_after_ms: 24 * 3600 * 1000,
-        }
-    }
-}
-
-impl Policy {
-    pub fn requires(&self, op: &Op) -> bool {
-        match op {
-            Op::FlagSet { environment, .. } | Op::FlagApply { environment, .. } => {
-                self.protected_environments.iter().any(|e| e == environment)
-            }
-            Op::UserAdd { .. } | Op::UserSetRole { .. } | Op::TokenCreate { .. } => {
-                self.grant_roles
-            }
-            // otherwise one admin could switch the protection off and then
-            // change protected flags alone
-            Op::PolicySet { .. } => true,
-        }
-    }
-}
-
-/// An operation that may have to wait for approval.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
-    FlagSet {
-        environment: String,
-        key: String,
-        state: Option<String>,
-        default_variant: Option<String>,
-        /// Compiled off the writer just before the write; never stored.
-        #[serde(skip)]
-        checked: Option<Arc<store::flags::CheckedSet>>,
-    },
-    FlagApply {
-        environment: String,
-        definition: Value,
-        /// The definition's warnings the requester accepted
-        /// (`--accept-warnings`), shown to the approver.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        accepted_warnings: Vec<String>,
-        /// Compiled off the writer just before the write; never stored.
-        #[serde(skip)]
-        checked: Option<Arc<store::flags::CheckedApply>>,
-    },
-    UserAdd {
-        name: String,
-        role: Role,
-        /// argon2id hash of the password shown to the requester.
-        password_hash: String,
-    },
-    UserSetRole {
-        name: String,
-        role: Role,
-    },
-    TokenCreate {
-        id: String,
-        name: String,
-        role: Role,
-        /// SHA-256 of the secret shown to the requester.
-        secret_hash: String,
-        expires_ms: Option<i64>,
-    },
-    PolicySet {
-        policy: Policy,
-        /// The config's policy, in force while none was saved.
-        config_default: Policy,
-    },
-}
-
-impl Op {
-    /// `flags set`: one flag's state and/or default variant.
-    pub fn flag_set(
-        environment: String,
-        key: String,
-        state: Option<String>,
-        default_variant: Option<String>,
-    ) -> Op {
-        Op::FlagSet {
-            environment,
-            key,
-            state,
-            default_variant,
-            checked: None,
-        }
-    }
-
-    /// `flags apply`: a whole definition.
-    pub fn flag_apply(environment: String, definition: Value) -> Op {
-        Op::FlagApply {
-            environment,
-            definition,
-            accepted_warnings: Vec::new(),
-            checked: None,
-        }
-    }
-
-    /// The warnings a `flags apply` request accepted.
-    pub fn accepted_warnings(&self) -> &[String] {
-        match self {
-            Op::FlagApply {
-                accepted_warnings, ..
-            } => accepted_warnings,
-            _ => &[],
-        }
-    }
-
-    /// The role needed to perform (and so to approve) the operation.
-    pub fn required_role(&self) -> Role {
-        match self {
-            Op::FlagSet { .. } | Op::FlagApply { .. } => Role::Operator,
-            _ => Role::Admin,
-        }
-    }
-
-    pub fn action(&self) -> &'static str {
-        match self {
-            Op::FlagSet { .. } => "flags.set",
-            Op::FlagApply { .. } => "flags.apply",
-            Op::UserAdd { .. } => "user.add",
-            Op::UserSetRole { .. } => "user.set_role",
-            Op::TokenCreate { .. } => "token.create",
-            Op::PolicySet { .. } => "approvals.policy.set",
-        }
-    }
-
-    pub fn target(&self) -> String {
-        match self {
-            Op::FlagSet {
-                environment, key, ..
-            } => format!("flag:{environment}/{key}"),
-            Op::FlagApply { environment, .. } => format!("flags:{environment}"),
-            Op::UserAdd { name, .. } | Op::UserSetRole { name, .. } => format!("user:{name}"),
-            Op::TokenCreate { id, .. } => format!("token:{id}"),
-            Op::PolicySet { .. } => "approval_policy".into(),
-        }
-    }
-}
 
 /// What an operation did (or, in a dry run, would do).
 #[derive(Debug, Clone)]
@@ -285,7 +103,7 @@ pub fn execute(
             config_default,
         } => {
             for env in &policy.protected_environments {
-                store::users::validate_name(env)?;
+                crate::kernel::names::check(env).map_err(StoreError::Invalid)?;
             }
             if policy.expire_after_ms < MIN_EXPIRE_AFTER.as_millis() as i64 {
                 return Err(StoreError::Invalid(
@@ -338,7 +156,7 @@ async fn check(ctx: &Ctx, mut op: Op, accept_warnings: bool) -> Result<Op, FlagE
             checked,
             ..
         } => {
-            let c = store::flags::check_apply(definition.clone()).await?;
+            let c = crate::flags::check_definition(definition.clone()).await?;
             if accept_warnings {
                 *accepted_warnings = c.warnings().to_vec();
             }
@@ -413,6 +231,21 @@ pub enum ApprovalError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Forbidden(String),
+    #[error("a reason is required for this change")]
+    ReasonRequired,
+}
+
+impl From<ApprovalError> for crate::kernel::ApiError {
+    fn from(e: ApprovalError) -> Self {
+        match e {
+            ApprovalError::Store(s) => s.into(),
+            ApprovalError::Forbidden(m) => crate::kernel::ApiError::forbidden(m),
+            ApprovalError::ReasonRequired => crate::kernel::ApiError::new(
+                crate::kernel::ErrorCode::ReasonRequired,
+                "a reason is required for this change",
+            ),
+        }
+    }
 }
 
 /// The policy in force: the one saved from the console, else the config's.
@@ -477,6 +310,7 @@ async fn submit_once(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::R
     let policy = policy(ctx).await?;
     let actor = actor.clone();
     let reason = reason.to_string();
+    let now = ctx.clock.now_ms();
     let out = ctx
         .store
         .write(move |tx| {
@@ -493,7 +327,7 @@ async fn submit_once(ctx: &Ctx, actor: &Actor, op: Op, reason: &str) -> store::R
             let expire_after_ms = policy
                 .expire_after_ms
                 .clamp(MIN_EXPIRE_AFTER.as_millis() as i64, MAX_EXPIRE_AFTER.as_millis() as i64);
-            let expires = common::time::add_ms(common::time::now_ms(), expire_after_ms);
+            let expires = common::time::add_ms(now, expire_after_ms);
             let payload = serde_json::to_value(&op)?;
             let a = store::approvals::create(tx, &actor, op.action(), &op.target(), &payload, &preview.diff, &reason, expires)?;
             tracing::info!(id = %a.id, action = %a.action, target = %a.target, by = %a.requested_by, "change waits for approval");
@@ -530,12 +364,17 @@ pub async fn approve(
     decide(ctx, approver, id, reason, true).await
 }
 
+/// Rejects (or, for the requester, withdraws) request `id`; a rejection
+/// needs a reason.
 pub async fn reject(
     ctx: &Ctx,
     approver: &Actor,
     id: &str,
     reason: &str,
 ) -> Result<Decided, ApprovalError> {
+    if reason.trim().is_empty() {
+        return Err(ApprovalError::ReasonRequired);
+    }
     decide(ctx, approver, id, reason, false).await
 }
 
@@ -607,6 +446,7 @@ async fn decide_once(
     let approver = approver.clone();
     let id = id.to_string();
     let reason = reason.to_string();
+    let clock_now = ctx.clock.now_ms();
     let out = ctx
         .store
         .write(move |tx| -> store::Result<Result<Decided, String>> {
@@ -615,7 +455,7 @@ async fn decide_once(
             if a.state != "pending" {
                 return Err(StoreError::Conflict(format!("request {id} is already {}", a.state)));
             }
-            let now = common::time::now_ms();
+            let now = clock_now;
             if a.expires_ms <= now {
                 store::approvals::expire_due(tx, &Actor::system("system:approvals"), now)?;
                 let a = store::approvals::get(tx, &id)?.unwrap_or(a);
@@ -700,13 +540,8 @@ async fn decide_once(
 
 /// Expires overdue requests (run periodically).
 pub async fn expire_due(ctx: &Ctx) -> store::Result<usize> {
+    let now = ctx.clock.now_ms();
     ctx.store
-        .write(|tx| {
-            store::approvals::expire_due(
-                tx,
-                &Actor::system("system:approvals"),
-                common::time::now_ms(),
-            )
-        })
+        .write(move |tx| store::approvals::expire_due(tx, &Actor::system("system:approvals"), now))
         .await
 }

@@ -2,7 +2,8 @@
 //! acknowledge applied revisions and send heartbeats. Nothing of the admin
 //! plane is routed here.
 
-use crate::api::{healthz, not_found, ApiError, ApiResult, Json};
+use crate::kernel::json::{healthz, not_found};
+use crate::kernel::{bearer, ApiError, ApiResult, ErrorCode, Json};
 use crate::store::{self, agents::AgentAuth};
 use crate::Ctx;
 use axum::body::Body;
@@ -24,7 +25,7 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 pub fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(crate::admin::readyz))
+        .route("/readyz", get(crate::routes::readyz))
         .route(wire::PATH_ENROLL, post(enroll))
         .route(wire::PATH_STREAM, get(stream))
         .route(wire::PATH_ACK, post(ack))
@@ -33,24 +34,9 @@ pub fn router(ctx: Ctx) -> Router {
         .with_state(ctx)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
 async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> ApiResult<AgentAuth> {
     let cred = bearer(headers)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNAUTHORIZED",
-                "missing agent credential",
-            )
-        })?
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing agent credential"))?
         .to_string();
     let auth = ctx
         .store
@@ -58,15 +44,13 @@ async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> ApiResult<AgentAuth> {
         .await?
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "UNKNOWN_AGENT",
+                ErrorCode::UnknownAgent,
                 "unknown agent credential; enroll again",
             )
         })?;
     if auth.revoked {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "AGENT_REVOKED",
+            ErrorCode::AgentRevoked,
             "this agent was revoked",
         ));
     }
@@ -81,16 +65,14 @@ async fn enroll(State(ctx): State<Ctx>, Json(req): Json<EnrollRequest>) -> ApiRe
         .await?;
     let Some((token_id, env, service)) = found else {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "INVALID_ENROLL_TOKEN",
+            ErrorCode::InvalidEnrollToken,
             "enrollment token unknown, expired, revoked or used up",
         ));
     };
     let id = &req.identity;
     if id.environment != env || id.service != service {
         return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "ENROLL_MISMATCH",
+            ErrorCode::EnrollMismatch,
             format!(
                 "this enrollment token is for service {service:?} in environment {env:?}, but the agent says service {:?} in environment {:?}",
                 id.service, id.environment
@@ -106,13 +88,12 @@ async fn enroll(State(ctx): State<Ctx>, Json(req): Json<EnrollRequest>) -> ApiRe
         .await?
         .ok_or_else(|| {
             ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "INVALID_ENROLL_TOKEN",
+                ErrorCode::InvalidEnrollToken,
                 "enrollment token unknown, expired, revoked or used up",
             )
         })?;
     tracing::info!(agent = %agent_id, service = %id.service, environment = %id.environment, instance = %id.instance, "agent enrolled");
-    Ok(crate::api::json_response(
+    Ok(crate::kernel::json_response(
         StatusCode::OK,
         &EnrollResponse {
             agent_id,
@@ -144,8 +125,7 @@ async fn stream(
             .await?
     {
         return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "AGENT_REVOKED",
+            ErrorCode::AgentRevoked,
             "this agent was revoked",
         ));
     }
@@ -226,8 +206,7 @@ async fn heartbeat(
     let agent = authenticate(&ctx, &headers).await?;
     if hb.identity.environment != agent.environment || hb.identity.service != agent.service {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "IDENTITY_CHANGED",
+            ErrorCode::IdentityChanged,
             format!(
                 "this agent enrolled as service {:?} in environment {:?}; enroll again to change that",
                 agent.service, agent.environment
@@ -240,7 +219,7 @@ async fn heartbeat(
         .await?;
     let rx = ctx.hub.subscribe(&ctx.store, &agent.environment).await?;
     let latest = rx.borrow().revision;
-    Ok(crate::api::json_response(
+    Ok(crate::kernel::json_response(
         StatusCode::OK,
         &HeartbeatReply {
             latest_revision: latest,

@@ -1,120 +1,13 @@
-//! Roles, callers and secrets. Every secret (API tokens, enrollment tokens,
+//! Secrets and passwords (roles and callers live in `kernel::caller`,
+//! re-exported here for the store). Every secret (API tokens, enrollment tokens,
 //! agent credentials) is random, carries a recognisable prefix so secret
 //! scanners can spot a leak, and is stored only as a SHA-256 hash (they are
 //! high-entropy, so a slow hash buys nothing). User passwords use argon2id.
 
 use rand::RngCore;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// SPEC section 10; each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Viewer,
-    Responder,
-    Operator,
-    Admin,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Viewer, Role::Responder, Role::Operator, Role::Admin];
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Responder => "responder",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn allows(&self, needed: Role) -> bool {
-        *self >= needed
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "responder" => Ok(Role::Responder),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            _ => Err(format!(
-                "unknown role {s:?} (viewer, responder, operator or admin)"
-            )),
-        }
-    }
-}
-
-/// Who is calling an admin route; recorded in every audit entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Actor {
-    /// As recorded in the audit log: a user's name, `token:NAME (owner
-    /// PERSON)` for an API token (a colon never appears in a user name, so a
-    /// token cannot pass for a user), or `system:...` for the collector.
-    pub name: String,
-    pub role: Role,
-    pub source: String,
-    pub user_agent: String,
-    /// The person accountable: the user, or the owner of the API token used.
-    /// Four-eyes compares persons, never display names.
-    pub person: String,
-    /// The API token used, if any.
-    pub token_id: Option<String>,
-}
-
-impl Actor {
-    /// The collector itself (init, internal housekeeping).
-    pub fn system(name: &str) -> Self {
-        Actor {
-            name: name.into(),
-            role: Role::Admin,
-            source: "local".into(),
-            user_agent: "opsplane-collector".into(),
-            person: name.into(),
-            token_id: None,
-        }
-    }
-
-    /// A signed-in user (console).
-    pub fn user(name: &str, role: Role, source: String, user_agent: String) -> Self {
-        Actor {
-            name: name.into(),
-            role,
-            source,
-            user_agent,
-            person: name.into(),
-            token_id: None,
-        }
-    }
-
-    /// A caller holding API token `token_id` named `token_name`, owned by `owner`.
-    pub fn token(
-        token_id: &str,
-        token_name: &str,
-        owner: &str,
-        role: Role,
-        source: String,
-        user_agent: String,
-    ) -> Self {
-        Actor {
-            name: token_actor_name(token_name, owner),
-            role,
-            source,
-            user_agent,
-            person: owner.into(),
-            token_id: Some(token_id.into()),
-        }
-    }
-}
-
-/// How an API token appears as an actor: `token:ci (owner alice)`.
-pub fn token_actor_name(token_name: &str, owner: &str) -> String {
-    format!("token:{token_name} (owner {owner})")
-}
+pub use crate::kernel::caller::{token_actor_name, Actor, Role};
 
 /// Kinds of secret, each with its prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,14 +94,6 @@ pub fn expiry_ms(expires: Option<&str>) -> Result<Option<i64>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn roles_are_ordered() {
-        assert!(Role::Admin.allows(Role::Operator));
-        assert!(Role::Responder.allows(Role::Viewer));
-        assert!(!Role::Viewer.allows(Role::Responder));
-        assert!(!Role::Operator.allows(Role::Admin));
-    }
 
     #[test]
     fn secrets_have_prefix_and_hash_stably() {
