@@ -16,7 +16,8 @@ pub const ENV_COLLECTOR_URL: &str = "OPSPLANE_COLLECTOR_URL";
 pub const ENV_ENROLL_TOKEN: &str = "OPSPLANE_ENROLL_TOKEN";
 pub const ENV_API_LISTEN: &str = "OPSPLANE_API_LISTEN";
 pub const ENV_PROXY_LISTEN: &str = "OPSPLANE_PROXY_LISTEN";
-pub const ENV_DATA_DIR: &str = "OPSPLANE_DATA_DIR";
+/// The agent's own name: the collector reads `OPSPLANE_DATA_DIR`, so one environment can hold both.
+pub const ENV_DATA_DIR: &str = "OPSPLANE_AGENT_DATA_DIR";
 pub const ENV_INSTANCE: &str = "OPSPLANE_INSTANCE";
 
 pub const DEFAULT_API_LISTEN: &str = "127.0.0.1:7600";
