@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod disk;
+pub mod exec;
 pub mod flagfile;
 pub mod guard;
 pub mod hooks;
@@ -227,5 +228,10 @@ impl lifecycle::Service for Running {
     fn finish(self) -> lifecycle::BoxFuture<()> {
         self.shutdown.cancel();
         Box::pin(self.wait())
+    }
+
+    fn on_forced_exit(&self) -> Box<dyn FnOnce() + Send> {
+        // a hook still running is not left behind
+        Box::new(exec::kill_all_running)
     }
 }

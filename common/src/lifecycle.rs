@@ -141,6 +141,11 @@ pub trait Service: Send + 'static {
     /// Closes the listeners, waits for their connections (with the service's
     /// own deadline) and releases what the service holds.
     fn finish(self) -> BoxFuture<()>;
+    /// What to do, at once, before a forced exit (a second signal): kill
+    /// child processes, say. Nothing by default.
+    fn on_forced_exit(&self) -> Box<dyn FnOnce() + Send> {
+        Box::new(|| {})
+    }
 }
 
 /// How the sequence runs a service.
@@ -195,11 +200,13 @@ where
         }
         signals.next().await;
         tracing::info!("shutting down: not ready, draining");
+        let on_forced_exit = service.on_forced_exit();
         let drain = drain(service, options.grace);
         tokio::select! {
             () = drain => ExitCode::SUCCESS,
             () = signals.next() => {
                 tracing::warn!(exit_code = FORCED_EXIT_CODE, "second signal: exiting at once without draining");
+                on_forced_exit();
                 // nothing more is waited for: not the runtime's blocking threads either
                 std::process::exit(i32::from(FORCED_EXIT_CODE));
             }
