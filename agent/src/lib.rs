@@ -230,8 +230,9 @@ impl lifecycle::Service for Running {
         Box::pin(self.wait())
     }
 
-    fn on_forced_exit(&self) -> Box<dyn FnOnce() + Send> {
-        // a hook still running is not left behind
+    fn before_exit(&self) -> Box<dyn FnOnce() + Send> {
+        // a hook still running (past the grace period, or at a forced exit)
+        // is not left behind
         Box::new(exec::kill_all_running)
     }
 }

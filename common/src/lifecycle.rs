@@ -141,9 +141,10 @@ pub trait Service: Send + 'static {
     /// Closes the listeners, waits for their connections (with the service's
     /// own deadline) and releases what the service holds.
     fn finish(self) -> BoxFuture<()>;
-    /// What to do, at once, before a forced exit (a second signal): kill
-    /// child processes, say. Nothing by default.
-    fn on_forced_exit(&self) -> Box<dyn FnOnce() + Send> {
+    /// What to do, at once, before the process exits (after the drain, or
+    /// at a forced exit): kill child processes still running, say. Nothing
+    /// by default.
+    fn before_exit(&self) -> Box<dyn FnOnce() + Send> {
         Box::new(|| {})
     }
 }
@@ -200,13 +201,16 @@ where
         }
         signals.next().await;
         tracing::info!("shutting down: not ready, draining");
-        let on_forced_exit = service.on_forced_exit();
+        let before_exit = service.before_exit();
         let drain = drain(service, options.grace);
         tokio::select! {
-            () = drain => ExitCode::SUCCESS,
+            () = drain => {
+                before_exit();
+                ExitCode::SUCCESS
+            }
             () = signals.next() => {
                 tracing::warn!(exit_code = FORCED_EXIT_CODE, "second signal: exiting at once without draining");
-                on_forced_exit();
+                before_exit();
                 // nothing more is waited for: not the runtime's blocking threads either
                 std::process::exit(i32::from(FORCED_EXIT_CODE));
             }
