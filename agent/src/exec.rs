@@ -281,7 +281,10 @@ mod tests {
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !gone(pid) {
-            assert!(Instant::now() < deadline, "child {pid} outlived the timeout");
+            assert!(
+                Instant::now() < deadline,
+                "child {pid} outlived the timeout"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -345,7 +348,11 @@ mod tests {
         let f = run(&cmd).await;
         assert_eq!(f.stdout.text(), "$HOME;");
         cmd = Command::new(
-            vec!["/bin/sh".into(), "-c".into(), "pwd; echo $OPSPLANE_X".into()],
+            vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "pwd; echo $OPSPLANE_X".into(),
+            ],
             Duration::from_secs(5),
             1024,
         )

@@ -27,7 +27,9 @@ async fn refusing_collector() -> (String, Seen) {
                 .get("x-opsplane-protocol")
                 .and_then(|v| v.to_str().ok())
                 .map(String::from);
-            s.lock().unwrap().push((uri.path().to_string(), sent.clone()));
+            s.lock()
+                .unwrap()
+                .push((uri.path().to_string(), sent.clone()));
             let body = ErrorBody::new(
                 "PROTOCOL_MISMATCH",
                 format!(
@@ -143,10 +145,7 @@ async fn a_refused_protocol_is_reported_and_the_cached_snapshot_stays_in_force()
     for (path, sent) in &seen {
         assert_eq!(sent.as_deref(), Some("1"), "{path}");
     }
-    let streams = seen
-        .iter()
-        .filter(|(p, _)| p == "/v1/agent/stream")
-        .count();
+    let streams = seen.iter().filter(|(p, _)| p == "/v1/agent/stream").count();
     assert_eq!(streams, 1, "{seen:?}");
 
     running.shutdown.cancel();

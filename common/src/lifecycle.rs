@@ -249,10 +249,7 @@ async fn drain<S: Service>(service: S, grace: Duration) {
 
 /// SIGTERM and SIGINT, each delivery once.
 struct Signals {
-    unix: Option<(
-        tokio::signal::unix::Signal,
-        tokio::signal::unix::Signal,
-    )>,
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
 }
 
 impl Signals {
@@ -344,9 +341,11 @@ mod tests {
     async fn get(addr: SocketAddr, path: &str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut buf = Vec::new();
         let _ = s.read_to_end(&mut buf).await;
         String::from_utf8_lossy(&buf).into_owned()

@@ -215,7 +215,11 @@ mod tests {
     fn protocol_check() {
         assert_eq!(check_protocol(None), Ok(()), "missing is accepted as 1");
         assert_eq!(check_protocol(Some("1")), Ok(()));
-        assert_eq!(check_protocol(Some("1.4")), Ok(()), "minor versions are compatible");
+        assert_eq!(
+            check_protocol(Some("1.4")),
+            Ok(()),
+            "minor versions are compatible"
+        );
         for bad in ["2", "0", "2.0", "", "one"] {
             let e = check_protocol(Some(bad)).unwrap_err();
             assert!(

@@ -48,8 +48,14 @@ fn the_agent_prints_one_listening_line_per_listener() {
     let bound = parse_listening(&lines.concat());
     let api = bound["api"];
     let proxy = bound["proxy"];
-    assert!(lines[0].starts_with("listening api=127.0.0.1:"), "{lines:?}");
-    assert!(lines[1].starts_with("listening proxy=127.0.0.1:"), "{lines:?}");
+    assert!(
+        lines[0].starts_with("listening api=127.0.0.1:"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].starts_with("listening proxy=127.0.0.1:"),
+        "{lines:?}"
+    );
     assert!(api.port() != 0 && proxy.port() != 0 && api != proxy);
     let r = http().get(format!("http://{api}/readyz")).send().unwrap();
     assert_eq!(r.status(), 200);
@@ -98,7 +104,14 @@ hook_timeout = "120s"
     wait_for("agent connected", Duration::from_secs(20), || {
         (agent.status()["collector"]["connected"] == true).then_some(())
     });
-    c.ok(&["kill", "payments", "--env", "prod", "--reason", "drain test"]);
+    c.ok(&[
+        "kill",
+        "payments",
+        "--env",
+        "prod",
+        "--reason",
+        "drain test",
+    ]);
     let hook_pid: i32 = wait_for("the hook to start", Duration::from_secs(20), || {
         std::fs::read_to_string(&started).ok()?.trim().parse().ok()
     });
@@ -107,13 +120,17 @@ hook_timeout = "120s"
     let proc = agent.proc.as_mut().unwrap();
     proc.signal("-TERM");
     // the hook holds the drain open: the API answers, not ready
-    let body = wait_for("/readyz 503 during the drain", Duration::from_secs(4), || {
-        let r = http()
-            .get(format!("{}/readyz", agent.api_url))
-            .send()
-            .ok()?;
-        (r.status() == 503).then(|| r.json::<Value>().unwrap_or(Value::Null))
-    });
+    let body = wait_for(
+        "/readyz 503 during the drain",
+        Duration::from_secs(4),
+        || {
+            let r = http()
+                .get(format!("{}/readyz", agent.api_url))
+                .send()
+                .ok()?;
+            (r.status() == 503).then(|| r.json::<Value>().unwrap_or(Value::Null))
+        },
+    );
     assert_eq!(body["error"]["code"], "SHUTTING_DOWN", "{body}");
     assert_eq!(agent.get("/healthz").0, 200, "the API still answers");
     let proc = agent.proc.as_mut().unwrap();
@@ -162,10 +179,14 @@ fn collector_readiness_is_503_during_the_drain_and_a_second_signal_exits_at_once
     let proc = c.proc.as_mut().unwrap();
     proc.signal("-TERM");
     for base in [c.admin_url.clone(), c.ingest_url.clone()] {
-        let body = wait_for("/readyz 503 during the drain", Duration::from_secs(4), || {
-            let r = http().get(format!("{base}/readyz")).send().ok()?;
-            (r.status() == 503).then(|| r.json::<Value>().unwrap_or(Value::Null))
-        });
+        let body = wait_for(
+            "/readyz 503 during the drain",
+            Duration::from_secs(4),
+            || {
+                let r = http().get(format!("{base}/readyz")).send().ok()?;
+                (r.status() == 503).then(|| r.json::<Value>().unwrap_or(Value::Null))
+            },
+        );
         assert_eq!(body["error"]["code"], "SHUTTING_DOWN", "{body}");
     }
     let proc = c.proc.as_mut().unwrap();

@@ -226,7 +226,6 @@ pub(super) async fn error_code(resp: reqwest::Response) -> (u16, String, String)
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
