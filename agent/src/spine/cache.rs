@@ -97,3 +97,52 @@ pub(super) async fn persist_and_ack(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, File};
+    use common::config::ConfigSource;
+
+    fn shared() -> Shared {
+        let src = ConfigSource {
+            file: "agent.toml".into(),
+            text: "service = \"web\"\nenvironment = \"prod\"\n[collector]\nurl = \"http://127.0.0.1:1\"\n"
+                .into(),
+        };
+        let file: File = src.parse().unwrap();
+        Shared::new(Arc::new(Config::resolve(&src, file).unwrap()), None)
+    }
+
+    /// A ping naming the cached revision confirms it without compiling it again.
+    #[test]
+    fn confirming_the_cached_snapshot_keeps_its_compiled_flags() {
+        let s = shared();
+        let rev = wire::Revision {
+            revision: 4,
+            environment: "prod".into(),
+            created_ms: 0,
+            flags: serde_json::json!({"flags": {"f": {"state": "ENABLED",
+                "variants": {"on": true}, "defaultVariant": "on"}}}),
+            killswitches: Vec::new(),
+        };
+        let cached = s.apply(rev, Source::Cache, 1).unwrap();
+        confirm_cached(&s, 3, 5);
+        assert_eq!(
+            s.snapshot.load().as_ref().unwrap().source,
+            Source::Cache,
+            "another revision is not confirmed"
+        );
+        confirm_cached(&s, 4, 5);
+        let now = s.snapshot.load_full().unwrap();
+        assert_eq!(now.source, Source::Collector);
+        assert_eq!(now.received_ms, 5);
+        assert!(Arc::ptr_eq(&now.flags, &cached.flags), "compiled again");
+        assert_eq!(
+            s.metrics
+                .revisions_applied
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}
