@@ -123,7 +123,7 @@ impl Shared {
         base_ctx.insert("environment", Value::String(identity.environment.clone()));
         base_ctx.insert("instance", Value::String(identity.instance.clone()));
         base_ctx.insert("host", Value::String(identity.host.clone()));
-        // no `version`: in rules it means the app's version (SPEC section 6)
+        // no `version`: in rules it means the app's version (docs/agent-api.md)
         Shared {
             config,
             identity,
