@@ -7,9 +7,11 @@
 //! (`docs/lifecycle.md`); [`Proc::listening`] reads those lines. After the
 //! first start the config is rewritten with the bound ports, so a restart
 //! ([`Collector::run`], [`Agent::run`] again) comes back on the same
-//! addresses, which the other side (agents, the test) still uses. The port
-//! is free between the stop and the restart; on loopback, with ports
-//! allocated by the kernel, nothing else takes it in that moment.
+//! addresses, which the other side (agents, the test) still uses. That is
+//! the one place a fixed port remains: the port is free between the stop and
+//! the restart, and the kernel hands out ephemeral ports in order, so nothing
+//! takes it back in that moment in practice. No test probes for a free port
+//! any more (`tests/console.rs` still does for its own processes).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
@@ -34,18 +36,6 @@ pub fn bin(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// A loopback port that was free a moment ago. Racy (another process can
-/// take it before it is used): only for configs a test writes by hand and
-/// never runs (`check-config`, a refused start), or that it must restart on
-/// a fixed address; processes the harness starts bind port 0 instead.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Polls `f` until it returns `Some` or the deadline passes.
