@@ -9,9 +9,10 @@
 //! ([`Collector::run`], [`Agent::run`] again) comes back on the same
 //! addresses, which the other side (agents, the test) still uses. That is
 //! the one place a fixed port remains: the port is free between the stop and
-//! the restart, and the kernel hands out ephemeral ports in order, so nothing
-//! takes it back in that moment in practice. No test probes for a free port
-//! any more (`tests/console.rs` still does for its own processes).
+//! the restart, and another process binding port 0 in that moment could be
+//! given it (unlikely; the restart would then fail loudly). No test probes
+//! for a free port any more (`tests/console.rs` still does for its own
+//! processes).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
