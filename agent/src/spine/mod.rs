@@ -67,7 +67,7 @@ enum StreamEnd {
     Shutdown,
 }
 
-pub(super) struct Ctx {
+struct Ctx {
     shared: Arc<Shared>,
     url: String,
     http: reqwest::Client,
@@ -217,7 +217,7 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
-pub(super) async fn error_code(resp: reqwest::Response) -> (u16, String, String) {
+async fn error_code(resp: reqwest::Response) -> (u16, String, String) {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
     match serde_json::from_str::<ErrorBody>(&text) {
