@@ -2,16 +2,16 @@
 //! per transition. The runner compares each switch's wanted state with the
 //! state its hooks last ran for (persisted in the data dir), so a restart does
 //! not run a hook again and a transition missed while down runs on start.
-//! Commands come only from the local config file and run without a shell.
-//! Each hook runs in its own process group, and a timeout kills the whole
-//! group, so children the hook started do not outlive it.
+//! Commands come only from the local config file and run through `exec.rs`:
+//! without a shell, in their own process group, the whole group killed at
+//! the timeout, output clipped.
 
 use crate::config::Killswitch;
 use crate::disk::{self, HookState};
+use crate::exec;
 use crate::metrics::Metrics;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -72,71 +72,33 @@ pub async fn run(
 
 async fn run_one(k: &Killswitch, killed: bool, cmd: &[String], metrics: &Metrics) {
     let which = if killed { "on_kill" } else { "on_revive" };
-    let mut c = tokio::process::Command::new(&cmd[0]);
-    c.args(&cmd[1..])
+    let command = exec::Command::new(cmd.to_vec(), k.hook_timeout, MAX_LOGGED_OUTPUT)
         .env("OPSPLANE_KILLSWITCH", &k.name)
         .env(
             "OPSPLANE_KILLSWITCH_STATE",
             if killed { "killed" } else { "alive" },
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // its own group (pgid = its pid), so a timeout can kill its children too
-        .process_group(0)
-        .kill_on_drop(true);
-    let started = std::time::Instant::now();
-    let child = match c.spawn() {
-        Ok(ch) => ch,
-        Err(e) => {
-            tracing::error!(killswitch = %k.name, hook = which, command = %cmd[0], error = %e, "hook could not start");
-            metrics.hook_run(which, "error");
-            return;
+        );
+    let f = exec::run(&command).await;
+    let ms = f.duration.as_millis() as u64;
+    let (stdout, stderr) = (f.stdout.text(), f.stderr.text());
+    match &f.outcome {
+        _ if f.success() => {
+            tracing::info!(killswitch = %k.name, hook = which, duration_ms = ms, stdout = %stdout, stderr = %stderr, "hook ran");
+            metrics.hook_run(which, "ok");
         }
-    };
-    let pgid = child.id();
-    match tokio::time::timeout(k.hook_timeout, child.wait_with_output()).await {
-        Ok(Ok(out)) => {
-            let stdout = clip(&out.stdout);
-            let stderr = clip(&out.stderr);
-            let ms = started.elapsed().as_millis() as u64;
-            if out.status.success() {
-                tracing::info!(killswitch = %k.name, hook = which, duration_ms = ms, stdout = %stdout, stderr = %stderr, "hook ran");
-                metrics.hook_run(which, "ok");
-            } else {
-                tracing::error!(killswitch = %k.name, hook = which, duration_ms = ms, status = %out.status, stdout = %stdout, stderr = %stderr, "hook failed");
-                metrics.hook_run(which, "failed");
-            }
+        exec::Outcome::Exited { code, signal } => {
+            tracing::error!(killswitch = %k.name, hook = which, duration_ms = ms, code = ?code, signal = ?signal, stdout = %stdout, stderr = %stderr, "hook failed");
+            metrics.hook_run(which, "failed");
         }
-        Ok(Err(e)) => {
-            tracing::error!(killswitch = %k.name, hook = which, error = %e, "hook failed");
-            metrics.hook_run(which, "error");
-        }
-        Err(_) => {
-            // the direct child is killed when its future is dropped
-            // (kill_on_drop); the rest of its group is killed here
-            if let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()) {
-                kill_group(pgid);
-            }
+        exec::Outcome::TimedOut => {
             tracing::error!(killswitch = %k.name, hook = which, timeout_ms = k.hook_timeout.as_millis() as u64, "hook timed out and was killed");
             metrics.hook_run(which, "timeout");
         }
+        exec::Outcome::NotStarted(why) => {
+            tracing::error!(killswitch = %k.name, hook = which, command = %cmd[0], error = %why, "hook could not start");
+            metrics.hook_run(which, "error");
+        }
     }
-}
-
-/// SIGKILL to every process of the group `pgid` (the hook and what it started).
-fn kill_group(pgid: i32) {
-    use nix::sys::signal::{killpg, Signal};
-    use nix::unistd::Pid;
-    match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-        Err(e) => tracing::warn!(pgid, error = %e, "cannot kill the hook's process group"),
-    }
-}
-
-fn clip(b: &[u8]) -> String {
-    let s = String::from_utf8_lossy(&b[..b.len().min(MAX_LOGGED_OUTPUT)]);
-    s.trim_end().to_string()
 }
 
 #[cfg(test)]

@@ -5,15 +5,17 @@
 pub mod api;
 pub mod config;
 pub mod disk;
+pub mod exec;
 pub mod flagfile;
 pub mod guard;
 pub mod hooks;
 pub mod metrics;
 pub mod proxy;
+pub mod spine;
 pub mod state;
-pub mod sync;
 
 use anyhow::Context;
+use common::lifecycle::{self, Gate};
 use state::Shared;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,8 +30,17 @@ pub struct Running {
     pub api_addr: SocketAddr,
     pub proxy_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
+    /// Cancelling it stops everything: the listeners and the background work.
     pub shutdown: CancellationToken,
+    /// Cancelling it stops only the background work (sync, hooks, the flag
+    /// file watcher); a child of `shutdown`.
+    pub work: CancellationToken,
+    /// Readiness and in-flight requests of the local API.
+    pub gate: Gate,
+    /// The background work.
     tracker: TaskTracker,
+    /// The listeners.
+    servers: TaskTracker,
 }
 
 /// Binds the listeners, loads the last-known-good snapshot (or the local flag
@@ -44,11 +55,14 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
         .map(|_| Arc::new(proxy::ProxyMetrics::default()));
     let shared = Arc::new(Shared::new(config.clone(), proxy_metrics.clone()));
     let shutdown = CancellationToken::new();
+    let work = shutdown.child_token();
     let tracker = TaskTracker::new();
+    let servers = TaskTracker::new();
+    let gate = Gate::new();
 
     // what to serve before anything else answers
     if config.collector.is_some() {
-        if sync::load_cached(&shared).is_none() {
+        if spine::load_cached(&shared).is_none() {
             if let Some(f) = &config.flags_file {
                 // no snapshot yet: a local file bootstraps until the collector answers
                 match flagfile::load(&shared, f, 0) {
@@ -63,7 +77,7 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
         if let Err(e) = flagfile::load(&shared, f, 1) {
             tracing::error!(error = %e, "flag file not loaded; /readyz stays 503 until it is valid");
         }
-        tracker.spawn(flagfile::watch(shared.clone(), f.clone(), shutdown.clone()));
+        tracker.spawn(flagfile::watch(shared.clone(), f.clone(), work.clone()));
     }
 
     let api_listener = TcpListener::bind(config.api_listen)
@@ -77,7 +91,8 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
     let token = shutdown.clone();
     let limits = config.api_http.limits;
     let stats = shared.metrics.api_listener.clone();
-    tracker.spawn(async move {
+    let api_gate = gate.clone();
+    servers.spawn(async move {
         let serve_app = move |req: http::Request<common::serve::RequestBody>, _peer| {
             let app = app.clone();
             async move {
@@ -90,7 +105,7 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
         };
         if let Err(e) = common::serve::serve_plain(
             api_listener,
-            serve_app,
+            api_gate.wrap(serve_app),
             limits,
             stats,
             token,
@@ -134,7 +149,7 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
             .collect();
         let killed_rx = shared.killed_tx.subscribe();
         let token = shutdown.clone();
-        tracker.spawn(async move {
+        servers.spawn(async move {
             if let Err(e) =
                 proxy::serve(listener, settings, Arc::new(rules), killed_rx, pm, token).await
             {
@@ -149,10 +164,10 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
         shared.killed_tx.subscribe(),
         shared.ready_tx.subscribe(),
         shared.metrics.clone(),
-        shutdown.clone(),
+        work.clone(),
     ));
     if config.collector.is_some() {
-        tracker.spawn(sync::run(shared.clone(), tracker.clone(), shutdown.clone()));
+        tracker.spawn(spine::run(shared.clone(), tracker.clone(), work.clone()));
     }
     tracing::info!(api = %api_addr, proxy = ?proxy_addr, service = %config.service, environment = %config.environment, version = common::VERSION, "agent started");
     Ok(Running {
@@ -160,7 +175,10 @@ pub async fn start(config: config::Config) -> anyhow::Result<Running> {
         proxy_addr,
         shared,
         shutdown,
+        work,
+        gate,
         tracker,
+        servers,
     })
 }
 
@@ -169,12 +187,52 @@ impl Running {
     pub async fn wait(self) {
         self.shutdown.cancelled().await;
         self.tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        self.servers.close();
+        let drain = async {
+            tokio::join!(self.tracker.wait(), self.servers.wait());
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             tracing::warn!("tasks still running after the grace period; exiting anyway");
         }
         tracing::info!("agent stopped");
+    }
+}
+
+/// The agent as the shared start/stop sequence drives it (`docs/lifecycle.md`):
+/// the local API and the proxy keep answering while sync and hooks stop.
+impl lifecycle::Service for Running {
+    fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut l = vec![("api", self.api_addr)];
+        if let Some(p) = self.proxy_addr {
+            l.push(("proxy", p));
+        }
+        l
+    }
+
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    fn stop_work(&self) {
+        self.work.cancel();
+    }
+
+    fn work_done(&self) -> lifecycle::BoxFuture<()> {
+        let tracker = self.tracker.clone();
+        Box::pin(async move {
+            tracker.close();
+            tracker.wait().await;
+        })
+    }
+
+    fn finish(self) -> lifecycle::BoxFuture<()> {
+        self.shutdown.cancel();
+        Box::pin(self.wait())
+    }
+
+    fn before_exit(&self) -> Box<dyn FnOnce() + Send> {
+        // a hook still running (past the grace period, or at a forced exit)
+        // is not left behind
+        Box::new(exec::kill_all_running)
     }
 }

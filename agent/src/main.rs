@@ -57,32 +57,12 @@ fn main() -> ExitCode {
     // (affinity and cgroup quota): two workers time-sliced on one core add
     // scheduler delay to the tail latency and a thread's worth of memory.
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(async {
-        let running = agent::start(config).await?;
-        let token = running.shutdown.clone();
-        tokio::spawn(async move {
-            common::cli::shutdown_signal().await;
-            tracing::info!("shutting down");
-            token.cancel();
-        });
-        running.wait().await;
-        anyhow::Ok(())
-    }) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    // the start/stop sequence shared with the collector: docs/lifecycle.md
+    common::lifecycle::run(
+        common::lifecycle::Options {
+            worker_threads: Some(workers),
+            grace: agent::SHUTDOWN_GRACE,
+        },
+        || agent::start(config),
+    )
 }

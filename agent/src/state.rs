@@ -49,7 +49,8 @@ pub struct Snapshot {
     pub source: Source,
     /// When this snapshot was received from its source (ms since the epoch).
     pub received_ms: i64,
-    pub flags: FlagSet,
+    /// Compiled once per revision; shared when a cached snapshot is confirmed.
+    pub flags: Arc<FlagSet>,
     /// The revision as received, except `flags`, which is left `Null`: the
     /// compiled set keeps the definition, and one copy of a large definition
     /// is enough (use [`Snapshot::full_doc`] for the whole document).
@@ -122,7 +123,7 @@ impl Shared {
         base_ctx.insert("environment", Value::String(identity.environment.clone()));
         base_ctx.insert("instance", Value::String(identity.instance.clone()));
         base_ctx.insert("host", Value::String(identity.host.clone()));
-        // no `version`: in rules it means the app's version (SPEC section 6)
+        // no `version`: in rules it means the app's version (docs/agent-api.md)
         Shared {
             config,
             identity,
@@ -179,7 +180,7 @@ impl Shared {
             revision: rev.revision,
             source,
             received_ms,
-            flags,
+            flags: Arc::new(flags),
             doc: rev,
             killed: Arc::new(killed),
         });
@@ -196,6 +197,25 @@ impl Shared {
         self.applied_tx.send_replace(Some(snap.revision));
         self.ready_tx.send_replace(true);
         Ok(snap)
+    }
+
+    /// Installs `snap` again with another `source` and receive time, without
+    /// compiling it again (a cached snapshot the collector says is current).
+    /// Kill states and the revision are unchanged, so the proxy and the hooks
+    /// are not told anything.
+    pub fn relabel(&self, snap: &Snapshot, source: Source, received_ms: i64) -> Arc<Snapshot> {
+        let relabelled = Arc::new(Snapshot {
+            revision: snap.revision,
+            source,
+            received_ms,
+            flags: snap.flags.clone(),
+            doc: snap.doc.clone(),
+            killed: snap.killed.clone(),
+        });
+        self.snapshot.store(Some(relabelled.clone()));
+        self.applied_tx.send_replace(Some(relabelled.revision));
+        self.ready_tx.send_replace(true);
+        relabelled
     }
 
     pub fn collector_status(&self) -> CollectorStatus {

@@ -131,6 +131,27 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
+/// Waits for the `listening NAME=ADDR` line (`docs/lifecycle.md`) that an
+/// Opsplane binary writes to its output, here the `log` file, when it has
+/// bound `name`.
+pub fn listening_addr(log: &Path, name: &str, timeout: Duration) -> anyhow::Result<SocketAddr> {
+    let start = Instant::now();
+    let prefix = format!("listening {name}=");
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = text.lines().find_map(|l| l.strip_prefix(&prefix)) {
+            return addr
+                .trim()
+                .parse()
+                .with_context(|| format!("bad listening line in {}", log.display()));
+        }
+        if start.elapsed() > timeout {
+            bail!("no `{prefix}` line in {} within {timeout:?}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Polls `GET path` on `addr` until it answers 200, or fails after `timeout`.
 pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<()> {
     use std::io::{Read, Write};
@@ -154,6 +175,9 @@ pub fn wait_http_ok(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::
     }
 }
 
+/// A loopback port that was free a moment ago (racy): only for programs
+/// that cannot bind port 0 and report it (Unleash Edge); the Opsplane
+/// binaries bind port 0 and print what they bound ([`listening_addr`]).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -479,12 +503,11 @@ impl Servers {
         std::fs::write(&flag_file, serde_json::to_vec_pretty(&ds.flagd)?)?;
         let bootstrap = dir.join("bootstrap.json");
         std::fs::write(&bootstrap, serde_json::to_vec_pretty(&ds.unleash)?)?;
-        let agent_port = free_port();
         let agent_cfg = dir.join("agent.toml");
         std::fs::write(
             &agent_cfg,
             format!(
-                "service = \"bench\"\nenvironment = \"bench\"\ndata_dir = {:?}\n[api]\nlisten = \"127.0.0.1:{agent_port}\"\n[flags]\nfile = {:?}\n",
+                "service = \"bench\"\nenvironment = \"bench\"\ndata_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\n[flags]\nfile = {:?}\n",
                 dir.join("agent-data").display().to_string(),
                 flag_file.display().to_string()
             ),
@@ -519,7 +542,8 @@ impl Servers {
             ],
             &dir.join("edge.log"),
         )?;
-        let agent_addr: SocketAddr = format!("127.0.0.1:{agent_port}").parse()?;
+        let agent_addr = listening_addr(&dir.join("agent.log"), "api", Duration::from_secs(20))
+            .context("agent did not report its address (see agent.log)")?;
         let edge_addr: SocketAddr = format!("127.0.0.1:{edge_port}").parse()?;
         wait_http_ok(agent_addr, "/readyz", Duration::from_secs(20))
             .context("agent not ready (see agent.log)")?;

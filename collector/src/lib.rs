@@ -75,6 +75,8 @@ pub struct Running {
     pub status_addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub ctx: Ctx,
+    /// Readiness and in-flight requests of the three listeners (docs/lifecycle.md).
+    pub gate: common::lifecycle::Gate,
     servers: tokio::task::JoinSet<std::io::Result<()>>,
 }
 
@@ -125,6 +127,7 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
         None => None,
     };
     let mut servers = tokio::task::JoinSet::new();
+    let gate = common::lifecycle::Gate::new();
     let limits = &settings.listeners;
     let grace = SHUTDOWN_GRACE.saturating_sub(Duration::from_secs(1));
     let admin_app = routes::admin_router(ctx.clone()).layer(axum::middleware::from_fn_with_state(
@@ -143,14 +146,14 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
     for (listener, app, limits, stats) in plain {
         servers.spawn(common::serve::serve_plain(
             listener,
-            serve_router(app),
+            gate.wrap(serve_router(app)),
             limits,
             stats,
             shutdown.clone(),
             grace,
         ));
     }
-    let ingest_app = serve_router(fleet::ingest::router(ctx.clone()));
+    let ingest_app = gate.wrap(serve_router(fleet::ingest::router(ctx.clone())));
     let ingest_stats = ctx.listeners.ingest.clone();
     match tls {
         Some(acceptor) => {
@@ -183,6 +186,7 @@ pub async fn start(settings: config::Settings) -> anyhow::Result<Running> {
         status_addr,
         shutdown,
         ctx,
+        gate,
         servers,
     })
 }

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use collector::config::Settings;
+use common::lifecycle;
 use common::telemetry::{init_logging, LogFormat};
 use std::io::Write;
 use std::path::PathBuf;
@@ -105,36 +106,61 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match rt.block_on(serve(settings)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(collector::store::exit_code(&e))
-                }
-            }
+            // the start/stop sequence shared with the agent: docs/lifecycle.md
+            lifecycle::run(
+                lifecycle::Options {
+                    worker_threads: None,
+                    grace: collector::SHUTDOWN_GRACE,
+                },
+                || async {
+                    collector::start(settings).await.map(Serving).map_err(|e| {
+                        // a database newer than this binary is a usage error (exit 2)
+                        let code = collector::store::exit_code(&e);
+                        if code != 1 {
+                            eprintln!("error: {e:#}");
+                            std::process::exit(code.into());
+                        }
+                        e
+                    })
+                },
+            )
         }
     }
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let running = collector::start(settings).await?;
-    let token = running.shutdown.clone();
-    tokio::spawn(async move {
-        common::cli::shutdown_signal().await;
-        tracing::info!("shutting down");
-        token.cancel();
-    });
-    running.wait().await
+/// The collector as the shared start/stop sequence drives it: it has no
+/// background work that outlives its listeners (streams and housekeeping
+/// end with them), so the drain waits for the requests in flight, then
+/// closes the listeners.
+struct Serving(collector::Running);
+
+impl lifecycle::Service for Serving {
+    fn listeners(&self) -> Vec<(&'static str, std::net::SocketAddr)> {
+        vec![
+            ("ingest", self.0.ingest_addr),
+            ("admin", self.0.admin_addr),
+            ("status", self.0.status_addr),
+        ]
+    }
+
+    fn gate(&self) -> &lifecycle::Gate {
+        &self.0.gate
+    }
+
+    fn stop_work(&self) {}
+
+    fn work_done(&self) -> lifecycle::BoxFuture<()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    fn finish(self) -> lifecycle::BoxFuture<()> {
+        self.0.shutdown.cancel();
+        Box::pin(async move {
+            if let Err(e) = self.0.wait().await {
+                tracing::error!(error = %e, "collector did not stop cleanly");
+            }
+        })
+    }
 }
 
 fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {

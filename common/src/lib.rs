@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod diff;
 pub mod flags;
+pub mod lifecycle;
 pub mod serve;
 pub mod telemetry;
 pub mod time;

@@ -14,8 +14,35 @@ pub const PATH_STREAM: &str = "/v1/agent/stream";
 pub const PATH_ACK: &str = "/v1/agent/ack";
 pub const PATH_HEARTBEAT: &str = "/v1/agent/heartbeat";
 
-/// Protocol version sent by the agent in `X-Opsplane-Protocol`.
+/// Protocol version sent by the agent in [`PROTOCOL_HEADER`] on every
+/// ingest request. Only the major part (before a `.`) must match.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The header carrying the agent's protocol version.
+pub const PROTOCOL_HEADER: &str = "x-opsplane-protocol";
+
+/// Error code of a refused protocol version (HTTP 400).
+pub const PROTOCOL_MISMATCH: &str = "PROTOCOL_MISMATCH";
+
+/// Checks the protocol version an agent sent in [`PROTOCOL_HEADER`].
+/// A request without the header is accepted as version 1 (agents before
+/// the header was sent on every request); a different major version, or a
+/// value that is not a version, is refused with the message to send back,
+/// which names both versions.
+pub fn check_protocol(sent: Option<&str>) -> Result<(), String> {
+    let Some(sent) = sent else {
+        return Ok(());
+    };
+    let major = sent.trim().split('.').next().unwrap_or("");
+    if major.parse::<u32>().ok() == Some(PROTOCOL_VERSION) {
+        return Ok(());
+    }
+    let shown: String = sent.chars().take(32).collect();
+    Err(format!(
+        "the agent speaks protocol {shown:?} and this collector speaks protocol {PROTOCOL_VERSION}: \
+         run an agent and a collector of the same protocol"
+    ))
+}
 
 /// Who an agent is; sent at enrollment and with every heartbeat.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -182,6 +209,24 @@ mod tests {
         assert!(r.kill_state_for("pay", "web").unwrap().killed);
         assert!(!r.kill_state_for("pay", "api").unwrap().killed);
         assert!(r.kill_state_for("nope", "web").is_none());
+    }
+
+    #[test]
+    fn protocol_check() {
+        assert_eq!(check_protocol(None), Ok(()), "missing is accepted as 1");
+        assert_eq!(check_protocol(Some("1")), Ok(()));
+        assert_eq!(
+            check_protocol(Some("1.4")),
+            Ok(()),
+            "minor versions are compatible"
+        );
+        for bad in ["2", "0", "2.0", "", "one"] {
+            let e = check_protocol(Some(bad)).unwrap_err();
+            assert!(
+                e.contains(&format!("{bad:?}")) && e.contains("protocol 1"),
+                "names both versions: {e}"
+            );
+        }
     }
 
     #[test]

@@ -1,9 +1,21 @@
 //! Helpers for the end-to-end tests: find the built binaries, start a real
-//! collector and real agents in temp dirs on free loopback ports, run
-//! `opsctl`, and wait for conditions with deadlines (never bare sleeps).
+//! collector and real agents in temp dirs, run `opsctl`, and wait for
+//! conditions with deadlines (never bare sleeps).
+//!
+//! Ports: the processes are configured with port 0 and report what they
+//! bound on stdout, one `listening NAME=ADDR` line per listener
+//! (`docs/lifecycle.md`); [`Proc::listening`] reads those lines. After the
+//! first start the config is rewritten with the bound ports, so a restart
+//! ([`Collector::run`], [`Agent::run`] again) comes back on the same
+//! addresses, which the other side (agents, the test) still uses. That is
+//! the one place a fixed port remains: the port is free between the stop and
+//! the restart, and another process binding port 0 in that moment could be
+//! given it (unlikely; the restart would then fail loudly). No test probes
+//! for a free port any more (`tests/console.rs` still does for its own
+//! processes).
 
 use std::io::Write;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -25,15 +37,6 @@ pub fn bin(name: &str) -> PathBuf {
         p.display()
     );
     p
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Polls `f` until it returns `Some` or the deadline passes.
@@ -65,10 +68,13 @@ fn healthy(url: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// A child process killed when dropped, with its log in a file.
+/// A child process killed when dropped, with its log (stdout and stderr)
+/// in a file.
 pub struct Proc {
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Where this process's part of the (appended) log starts.
+    log_start: u64,
 }
 
 impl Proc {
@@ -78,6 +84,7 @@ impl Proc {
             .append(true)
             .open(&log)
             .expect("log file");
+        let log_start = f.metadata().map(|m| m.len()).unwrap_or(0);
         let child = cmd
             .stdout(f.try_clone().expect("log"))
             .stderr(f)
@@ -87,7 +94,51 @@ impl Proc {
         Proc {
             child: Some(child),
             log,
+            log_start,
         }
+    }
+
+    /// Waits for this process's `listening NAME=ADDR` line of each of
+    /// `names` and returns the addresses in that order. Panics with the log
+    /// if the process exits first or the lines do not come within 20 s.
+    pub fn listening(&mut self, names: &[&str]) -> Vec<SocketAddr> {
+        let start = Instant::now();
+        loop {
+            let bound = parse_listening(&self.own_log());
+            let found: Option<Vec<SocketAddr>> =
+                names.iter().map(|n| bound.get(*n).copied()).collect();
+            if let Some(addrs) = found {
+                return addrs;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(st) = exited {
+                panic!(
+                    "process exited ({st}) before reporting {names:?}; log:\n{}",
+                    self.own_log()
+                );
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                panic!(
+                    "no `listening` line for {names:?} within 20 s; log:\n{}",
+                    self.own_log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The log written since this process started.
+    fn own_log(&self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.seek(SeekFrom::Start(self.log_start));
+            let _ = f.read_to_string(&mut text);
+        }
+        text
     }
 
     pub fn pid(&self) -> i32 {
@@ -134,6 +185,56 @@ impl Proc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits until the process has exited (within `timeout`) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        let c = self.child.as_mut().expect("running");
+        loop {
+            if let Some(st) = c.try_wait().expect("wait") {
+                self.child = None;
+                return st;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "process did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// The `listening NAME=ADDR` lines of a process's output, by name (a name
+/// reported twice keeps its last address).
+pub fn parse_listening(output: &str) -> std::collections::HashMap<String, SocketAddr> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("listening "))
+        .filter_map(|rest| {
+            let (name, addr) = rest.trim().split_once('=')?;
+            Some((name.to_string(), addr.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Replaces `key = "HOST:0"` (the first one after `section`) in a config
+/// file by the bound address, so a restart binds the same address.
+fn pin_port(config: &Path, section: &str, key: &str, bound: SocketAddr) {
+    let text = std::fs::read_to_string(config).expect("config");
+    let Some(at) = text.find(section) else { return };
+    let wanted = format!("{key} = \"{}:0\"", bound.ip());
+    let Some(rel) = text[at..].find(&wanted) else {
+        return;
+    };
+    let i = at + rel;
+    let pinned = format!(
+        "{}{key} = \"{bound}\"{}",
+        &text[..i],
+        &text[i + wanted.len()..]
+    );
+    std::fs::write(config, pinned).expect("config");
 }
 
 impl Drop for Proc {
@@ -187,12 +288,11 @@ impl Collector {
             .expect("token")
             .trim()
             .to_string();
-        let (i, a, s) = (free_port(), free_port(), free_port());
         let config = dir.join("collector.toml");
         std::fs::write(
             &config,
             format!(
-                "data_dir = {:?}\n[ingest]\nlisten = \"127.0.0.1:{i}\"\n{}[admin]\nlisten = \"127.0.0.1:{a}\"\n[status_page]\nlisten = \"127.0.0.1:{s}\"\n",
+                "data_dir = {:?}\n[ingest]\nlisten = \"127.0.0.1:0\"\n{}[admin]\nlisten = \"127.0.0.1:0\"\n[status_page]\nlisten = \"127.0.0.1:0\"\n",
                 data.display().to_string(),
                 tls.map(|(c, k)| format!("tls_cert = {:?}\ntls_key = {:?}\n", c.display().to_string(), k.display().to_string()))
                     .unwrap_or_default()
@@ -202,12 +302,10 @@ impl Collector {
         let mut c = Collector {
             dir: dir.to_path_buf(),
             config,
-            ingest_url: format!(
-                "{}://127.0.0.1:{i}",
-                if tls.is_some() { "https" } else { "http" }
-            ),
-            admin_url: format!("http://127.0.0.1:{a}"),
-            status_url: format!("http://127.0.0.1:{s}"),
+            // set from the `listening` lines by `run`
+            ingest_url: if tls.is_some() { "https" } else { "http" }.to_string(),
+            admin_url: String::new(),
+            status_url: String::new(),
             admin_token,
             admin_password,
             proc: None,
@@ -216,16 +314,30 @@ impl Collector {
         c
     }
 
-    /// Starts (or restarts) the `run` process and waits until it serves.
+    /// Starts (or restarts) the `run` process, reads the addresses it
+    /// bound (the first run pins them in the config for the restarts) and
+    /// waits until it serves.
     pub fn run(&mut self) {
-        let p = Proc::spawn(
+        let mut p = Proc::spawn(
             Command::new(bin("opsplane-collector"))
                 .arg("run")
                 .arg("--config")
                 .arg(&self.config),
             self.dir.join("collector.log"),
         );
+        let bound = p.listening(&["ingest", "admin", "status"]);
         self.proc = Some(p);
+        for (section, addr) in ["[ingest]", "[admin]", "[status_page]"].iter().zip(&bound) {
+            pin_port(&self.config, section, "listen", *addr);
+        }
+        let scheme = if self.ingest_url.starts_with("https") {
+            "https"
+        } else {
+            "http"
+        };
+        self.ingest_url = format!("{scheme}://{}", bound[0]);
+        self.admin_url = format!("http://{}", bound[1]);
+        self.status_url = format!("http://{}", bound[2]);
         let url = self.admin_url.clone();
         wait_for("collector /healthz", Duration::from_secs(20), || {
             healthy(&url).then_some(())
@@ -309,23 +421,23 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Writes `agent.toml` from `body` (the caller's sections) with free
-    /// ports for `[api]` (and `[proxy]` when `proxy_upstream` is given).
+    /// Writes `agent.toml` from `head` and `tail` (the caller's sections)
+    /// with port 0 for `[api]` (and `[proxy]` when `proxy_upstream` is
+    /// given), starts the agent and reads the addresses it bound.
     pub fn start(dir: &Path, head: &str, proxy_upstream: Option<&str>, tail: &str) -> Agent {
         std::fs::create_dir_all(dir).expect("agent dir");
-        let api = free_port();
         let mut text = format!(
             "{head}\ndata_dir = {:?}\n",
             dir.join("data").display().to_string()
         );
-        text.push_str(&format!("[api]\nlisten = \"127.0.0.1:{api}\"\n"));
+        text.push_str("[api]\nlisten = \"127.0.0.1:0\"\n");
         let mut proxy_url = None;
         if let Some(up) = proxy_upstream {
-            let p = free_port();
             text.push_str(&format!(
-                "[proxy]\nlisten = \"127.0.0.1:{p}\"\nupstream = {up:?}\n"
+                "[proxy]\nlisten = \"127.0.0.1:0\"\nupstream = {up:?}\n"
             ));
-            proxy_url = Some(format!("http://127.0.0.1:{p}"));
+            // set from the `listening` line by `run`
+            proxy_url = Some(String::new());
         }
         text.push_str(tail);
         let config = dir.join("agent.toml");
@@ -333,7 +445,7 @@ impl Agent {
         let mut a = Agent {
             dir: dir.to_path_buf(),
             config,
-            api_url: format!("http://127.0.0.1:{api}"),
+            api_url: String::new(),
             proxy_url,
             proc: None,
         };
@@ -341,15 +453,30 @@ impl Agent {
         a
     }
 
+    /// Starts (or restarts) the agent, reads the addresses it bound (the
+    /// first run pins them in the config for the restarts) and waits until
+    /// it serves. `proxy_url` is `Some` when the agent runs a proxy.
     pub fn run(&mut self) {
-        let p = Proc::spawn(
+        let mut p = Proc::spawn(
             Command::new(bin("opsplane-agent"))
                 .arg("run")
                 .arg("--config")
                 .arg(&self.config),
             self.dir.join("agent.log"),
         );
+        let names: &[&str] = if self.proxy_url.is_some() {
+            &["api", "proxy"]
+        } else {
+            &["api"]
+        };
+        let bound = p.listening(names);
         self.proc = Some(p);
+        pin_port(&self.config, "[api]", "listen", bound[0]);
+        self.api_url = format!("http://{}", bound[0]);
+        if let Some(proxy) = bound.get(1) {
+            pin_port(&self.config, "[proxy]", "listen", *proxy);
+            self.proxy_url = Some(format!("http://{proxy}"));
+        }
         let url = self.api_url.clone();
         wait_for("agent /healthz", Duration::from_secs(20), || {
             healthy(&url).then_some(())

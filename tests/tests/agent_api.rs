@@ -403,9 +403,8 @@ fn an_empty_api_token_file_is_a_config_error() {
             tmp.path(),
             "agent.toml",
             &format!(
-                "service = \"web\"\nenvironment = \"dev\"\ndata_dir = {:?}\n[api]\nlisten = \"127.0.0.1:{}\"\ntoken_file = {:?}\n[flags]\nfile = {:?}\n",
+                "service = \"web\"\nenvironment = \"dev\"\ndata_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\ntoken_file = {:?}\n[flags]\nfile = {:?}\n",
                 tmp.path().join("data").display().to_string(),
-                free_port(),
                 token.display().to_string(),
                 flags.display().to_string()
             ),

@@ -41,7 +41,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::LazyLock;
 use std::time::Duration;
-use tests::{bin, free_port, Agent};
+use tests::{bin, Agent};
 
 /// Source of the vendored files, shown in every summary.
 const TESTBED: &str = "open-feature/flagd-testbed 3.9.0 (82ba89e)";
@@ -260,10 +260,9 @@ fn start_agent(run: Bucketing, root: &Path, source: Source) -> AgentSlot {
     let flags = dir.join("flags.json");
     std::fs::write(&flags, source.flag_file_text()?)
         .map_err(|e| format!("{}: {e}", flags.display()))?;
-    let port = free_port();
     let config = dir.join("agent.toml");
     let text = format!(
-        "service = \"testbed\"\nenvironment = \"conformance\"\n{}data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:{port}\"\n[flags]\nfile = {:?}\n{}",
+        "service = \"testbed\"\nenvironment = \"conformance\"\n{}data_dir = {:?}\n[api]\nlisten = \"127.0.0.1:0\"\n[flags]\nfile = {:?}\n{}",
         source.labels(),
         dir.join("data").display().to_string(),
         flags.display().to_string(),
@@ -285,7 +284,8 @@ fn start_agent(run: Bucketing, root: &Path, source: Source) -> AgentSlot {
     let mut agent = Agent {
         dir: dir.clone(),
         config,
-        api_url: format!("http://127.0.0.1:{port}"),
+        // set from the agent's `listening` line by `run`
+        api_url: String::new(),
         proxy_url: None,
         proc: None,
     };

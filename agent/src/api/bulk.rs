@@ -459,7 +459,7 @@ mod tests {
             revision: rev,
             source: Source::File,
             received_ms: 0,
-            flags: FlagSet::from_value(&flags).expect("valid set"),
+            flags: Arc::new(FlagSet::from_value(&flags).expect("valid set")),
             doc: Revision {
                 revision: rev,
                 environment: "e".into(),

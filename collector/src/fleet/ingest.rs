@@ -24,14 +24,32 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 
 pub fn router(ctx: Ctx) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(crate::routes::readyz))
         .route(wire::PATH_ENROLL, post(enroll))
         .route(wire::PATH_STREAM, get(stream))
         .route(wire::PATH_ACK, post(ack))
         .route(wire::PATH_HEARTBEAT, post(heartbeat))
+        // every agent route above checks the protocol version; the probes below do not
+        .route_layer(axum::middleware::from_fn(protocol_check))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(crate::routes::readyz))
         .fallback(not_found)
         .with_state(ctx)
+}
+
+/// Refuses an agent whose `X-Opsplane-Protocol` has another major version
+/// (400 `PROTOCOL_MISMATCH`, naming both); a request without it counts as
+/// version 1 (see `common::wire::check_protocol`).
+async fn protocol_check(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let sent = req
+        .headers()
+        .get(wire::PROTOCOL_HEADER)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    if let Err(message) = wire::check_protocol(sent) {
+        tracing::warn!(sent = ?sent, ours = wire::PROTOCOL_VERSION, "agent refused: protocol mismatch");
+        return ApiError::new(ErrorCode::ProtocolMismatch, message)
+            .into_response();
+    }
+    next.run(req).await
 }
 
 async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> ApiResult<AgentAuth> {

@@ -24,6 +24,7 @@ pub enum ErrorCode {
     InvalidEnrollToken,
     Forbidden,
     EnrollMismatch,
+    ProtocolMismatch,
     NotFound,
     FlagNotFound,
     Conflict,
@@ -51,6 +52,7 @@ impl ErrorCode {
             ErrorCode::InvalidEnrollToken => "INVALID_ENROLL_TOKEN",
             ErrorCode::Forbidden => "FORBIDDEN",
             ErrorCode::EnrollMismatch => "ENROLL_MISMATCH",
+            ErrorCode::ProtocolMismatch => "PROTOCOL_MISMATCH",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::FlagNotFound => "FLAG_NOT_FOUND",
             ErrorCode::Conflict => "CONFLICT",
@@ -71,7 +73,8 @@ impl ErrorCode {
             | ErrorCode::ParseError
             | ErrorCode::Invalid
             | ErrorCode::InvalidDefinition
-            | ErrorCode::ReasonRequired => StatusCode::BAD_REQUEST,
+            | ErrorCode::ReasonRequired
+            | ErrorCode::ProtocolMismatch => StatusCode::BAD_REQUEST,
             ErrorCode::Unauthorized
             | ErrorCode::UnknownAgent
             | ErrorCode::AgentRevoked
