@@ -1,10 +1,9 @@
 //! The admin API's typed requests and answers (`common::api`) against a
 //! collector started in-process: every `/api/v1` route is called with the
 //! typed request, and every answer (200 done, 202 waiting for approval, 422
-//! warnings, refusals) must deserialise into its type, whose response types
-//! reject unknown members, and serialise back to exactly the JSON the
-//! collector sent. A member the collector adds, drops, renames or turns
-//! `null` without the type following fails here.
+//! warnings, refusals) must deserialise into its type and serialise back to
+//! exactly the JSON the collector sent. A member the collector adds, drops,
+//! renames or turns `null` without the type following fails here.
 
 mod access;
 mod audit;

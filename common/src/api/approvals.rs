@@ -19,14 +19,12 @@ pub struct ApprovalsQuery {
 
 /// `GET /approvals`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ApprovalList {
     pub approvals: Vec<Approval>,
 }
 
 /// A request for a change that needs a second person (`GET /approvals/{id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Approval {
     pub id: String,
     /// The audit action the change records (`flags.apply`, ...).
@@ -87,7 +85,6 @@ impl std::fmt::Display for ApprovalState {
 /// change, done at once) and of `.../reject` (without). Approving an
 /// expired request is refused with 409 `EXPIRED`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Decision {
     pub approval: Approval,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -107,7 +104,6 @@ pub enum ApprovalResult {
 
 /// Which changes need a second person's approval (`GET /approval-policy`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Policy {
     /// Flag changes (set, apply) in these environments.
     pub protected_environments: Vec<String>,

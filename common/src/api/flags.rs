@@ -14,7 +14,6 @@ pub const DEFINITION_WARNINGS: &str = "DEFINITION_WARNINGS";
 
 /// `GET /flags?environment=E`: the whole definition in force.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Definition {
     pub environment: String,
     /// `None` while the environment has no revision yet.
@@ -25,7 +24,6 @@ pub struct Definition {
 
 /// `GET /flags/{key}?environment=E`: one flag as defined.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Flag {
     pub key: String,
     pub environment: String,
@@ -64,7 +62,6 @@ pub struct SetRequest {
 /// What a flag change did (or, in a dry run, would do). The answer of a
 /// dry run, and of an apply or set done at once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct FlagChange {
     /// The revision now in force (unchanged when nothing changed).
     pub revision: Option<u64>,
@@ -88,7 +85,6 @@ pub struct RevisionsQuery {
 
 /// `GET /revisions`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RevisionList {
     pub revisions: Vec<RevisionInfo>,
 }
@@ -96,7 +92,6 @@ pub struct RevisionList {
 /// One revision in the history (`GET /revisions/{n}` answers the whole
 /// [`Revision`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RevisionInfo {
     pub revision: u64,
     pub environment: String,

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 
 /// `GET /environments`: every environment an agent reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EnvironmentList {
     pub environments: Vec<String>,
 }
@@ -26,14 +25,12 @@ pub struct AgentQuery {
 
 /// `GET /agents`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AgentList {
     pub agents: Vec<Agent>,
 }
 
 /// An enrolled agent: identity, last contact, the revision it applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Agent {
     pub id: String,
     pub service: String,
@@ -98,7 +95,6 @@ pub struct EnrollTokenRequest {
 
 /// The answer of `POST /agents/enroll-tokens`, with the secret (shown once).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EnrollTokenCreated {
     pub id: String,
     pub environment: String,
@@ -111,14 +107,12 @@ pub struct EnrollTokenCreated {
 
 /// `GET /agents/enroll-tokens`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EnrollTokenList {
     pub enroll_tokens: Vec<EnrollToken>,
 }
 
 /// An enrollment token as listed (never its secret).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EnrollToken {
     pub id: String,
     pub environment: String,

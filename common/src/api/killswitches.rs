@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 /// `GET /killswitches?environment=E`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KillSwitchList {
     pub environment: String,
     pub killswitches: Vec<KillSwitch>,
@@ -16,7 +15,6 @@ pub struct KillSwitchList {
 /// One known switch in one scope (environment-wide, or one service) with
 /// how many of the live agents it applies to have applied its state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KillSwitch {
     pub name: String,
     /// Set when declared centrally.
@@ -38,7 +36,6 @@ pub struct KillSwitch {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct LaggingAgent {
     pub id: String,
     pub service: String,
@@ -57,7 +54,6 @@ pub struct DeclareRequest {
 
 /// The answer of `POST /killswitches`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Declared {
     pub name: String,
     pub created: bool,
@@ -76,7 +72,6 @@ pub struct KillRequest {
 
 /// The answer of kill and revive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KillOutcome {
     pub changed: bool,
     /// The revision now in force.

@@ -7,8 +7,11 @@
 //! Field names, optionality and enum strings are contracts (see
 //! `docs/` and ARCHITECTURE.md): a field is `Option` exactly where the
 //! collector answers `null`, and skipped exactly where it leaves it out.
-//! Response types reject unknown fields, so a field the collector starts to
-//! send without a type change fails `collector/tests/api_types.rs`.
+//! Response types accept members they do not know (an older `opsctl` keeps
+//! working against a newer collector); `collector/tests/api_types/` instead
+//! checks that every answer serialises back to exactly the JSON the
+//! collector sent, so a member added, dropped, renamed or turned `null`
+//! without the type following fails there.
 
 pub mod access;
 pub mod approvals;
@@ -26,13 +29,11 @@ pub const PREFIX: &str = "/api/v1";
 
 /// The body of every refusal: `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ErrorDetail {
     /// Stable machine-readable code (`FORBIDDEN`, `DEFINITION_WARNINGS`, ...).
     pub code: String,
@@ -58,7 +59,6 @@ pub struct ReasonRequest {
 
 /// The answer of every revoke (agents, enrollment tokens, API tokens).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Revoked {
     pub id: String,
     pub revoked: bool,
@@ -88,7 +88,6 @@ impl<T> Submitted<T> {
 
 /// A change waiting for a second person's approval (HTTP 202).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Pending {
     /// Always `true`.
     pub pending: bool,
