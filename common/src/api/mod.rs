@@ -71,7 +71,7 @@ pub struct Revoked {
 pub enum Submitted<T> {
     /// Waiting for approval (HTTP 202); tried first: its `pending` member
     /// tells it apart.
-    Pending(Pending),
+    Pending(Box<Pending>),
     /// Done at once (HTTP 200).
     Done(T),
 }
