@@ -16,8 +16,8 @@
 pub mod access;
 pub mod approvals;
 pub mod audit;
-pub mod fleet;
 pub mod flags;
+pub mod fleet;
 pub mod killswitches;
 
 pub use access::Role;
