@@ -23,7 +23,7 @@ pub struct Executed {
 
 /// Runs `op` through the store functions inside `tx`.
 pub fn execute(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &crate::store::Tx<'_>,
     op: &Op,
     actor: &Actor,
     reason: &str,

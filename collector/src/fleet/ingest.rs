@@ -46,8 +46,7 @@ async fn protocol_check(req: axum::extract::Request, next: axum::middleware::Nex
         .map(|v| v.to_str().unwrap_or("(not text)"));
     if let Err(message) = wire::check_protocol(sent) {
         tracing::warn!(sent = ?sent, ours = wire::PROTOCOL_VERSION, "agent refused: protocol mismatch");
-        return ApiError::new(ErrorCode::ProtocolMismatch, message)
-            .into_response();
+        return ApiError::new(ErrorCode::ProtocolMismatch, message).into_response();
     }
     next.run(req).await
 }

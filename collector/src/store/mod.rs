@@ -97,6 +97,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// The writer's transaction, as capabilities name it (no `rusqlite` outside the store).
+pub type Tx<'a> = rusqlite::Transaction<'a>;
+
 /// What the writer learns from a job: whether the database took the write.
 enum JobOutcome {
     /// Committed, or refused for a reason that says nothing about the disk.
