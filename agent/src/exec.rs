@@ -245,7 +245,7 @@ fn kill_group(pgid: i32) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn sh(script: &str, timeout: Duration, limit: usize) -> Command {
@@ -257,7 +257,7 @@ mod tests {
     }
 
     /// Gone, or a zombie nobody reaped yet (it runs no more).
-    fn gone(pid: u32) -> bool {
+    pub(crate) fn gone(pid: u32) -> bool {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => true,
             Ok(stat) => stat

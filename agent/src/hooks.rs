@@ -104,17 +104,8 @@ async fn run_one(k: &Killswitch, killed: bool, cmd: &[String], metrics: &Metrics
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::tests::gone;
     use std::time::{Duration, Instant};
-
-    /// Gone, or a zombie nobody reaped yet (it runs no more).
-    fn gone(pid: u32) -> bool {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => true,
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-        }
-    }
 
     #[tokio::test]
     async fn a_timed_out_hook_takes_its_children_with_it() {

@@ -16,23 +16,3 @@ pub fn parse<T: clap::Parser>() -> Result<T, ExitCode> {
         }
     })
 }
-
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
-        }
-        _ => {
-            // no signal handlers: only Ctrl-C through tokio's portable path
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
